@@ -1,0 +1,95 @@
+"""Shared pieces of the dipole-inversion solvers: input validation, padding, solver report."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._utils import as_real, check_b0_dir, check_finite, check_mask, check_same_shape, check_voxel_size
+from ..fourier import crop, dipole_kernel, pad, padded_shape
+
+__all__ = ["SolverInfo", "Problem", "prepare"]
+
+
+@dataclasses.dataclass
+class SolverInfo:
+    """What an inversion did: iterations run, final relative residual/update, convergence and parameters."""
+
+    method: str
+    iterations: int = 0
+    residual: float = float("nan")
+    converged: bool = True
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Problem:
+    """A validated inversion problem on the (padded) FFT grid.
+
+    ``field`` and ``mask`` are padded to ``shape``; ``D`` is the dipole kernel on that grid;
+    :meth:`unpad` crops a padded volume back to the input shape.
+    """
+
+    field: Tensor
+    mask: Tensor
+    D: Tensor
+    voxel_size: tuple[float, float, float]
+    b0_dir: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    orig_shape: tuple[int, int, int]
+    magnitude: Tensor | None = None
+
+    def unpad(self, x: Tensor) -> Tensor:
+        return crop(x, self.orig_shape)
+
+    def pad(self, x: Tensor) -> Tensor:
+        return pad(x, self.shape)
+
+
+def prepare(
+    local_field: Tensor,
+    mask: Tensor,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float],
+    *,
+    pad_factor: float = 1.0,
+    magnitude: Tensor | None = None,
+    need_magnitude: bool = False,
+) -> Problem:
+    """Validate inputs and pad them to FFT-friendly sizes (``pad_factor`` ≥ 1 adds zero margin).
+
+    The local field must be finite inside the mask; outside it is ignored (set to 0).
+    """
+    field = as_real(local_field, "local_field")
+    if field.dim() != 3:
+        raise ValueError(f"local_field: expected a 3-D volume, got shape {tuple(field.shape)}")
+    m = check_mask(mask, field.shape, device=field.device)
+    vs = check_voxel_size(voxel_size)
+    b0 = check_b0_dir(b0_dir)
+    check_finite(field, "local_field", m)
+    field = torch.where(m, field, torch.zeros((), dtype=field.dtype, device=field.device))
+    mag = None
+    if magnitude is not None:
+        mag = as_real(magnitude, "magnitude").to(field.device)
+        check_same_shape(field, mag, "local_field", "magnitude")
+        check_finite(mag, "magnitude", m)
+        mag = torch.where(m, mag, torch.zeros((), dtype=field.dtype, device=field.device)).to(field.dtype)
+    elif need_magnitude:
+        raise ValueError("magnitude: this method needs the magnitude image (pass magnitude=...)")
+    orig = tuple(int(s) for s in field.shape)
+    shape = padded_shape(orig, pad_factor)
+    D = dipole_kernel(shape, vs, b0, device=field.device, dtype=field.dtype)
+    return Problem(
+        field=pad(field, shape),
+        mask=pad(m, shape),
+        D=D,
+        voxel_size=vs,  # type: ignore[arg-type]
+        b0_dir=b0,
+        shape=shape,  # type: ignore[arg-type]
+        orig_shape=orig,  # type: ignore[arg-type]
+        magnitude=None if mag is None else pad(mag, shape),
+    )
