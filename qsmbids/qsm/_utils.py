@@ -26,6 +26,7 @@ from torch import Tensor
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
+    "SolverInfo",
     "numpy_io",
     "to_tensor",
     "to_numpy",
@@ -218,3 +219,21 @@ def check_echo_times(echo_times: Sequence[float], n_echoes: int | None = None, *
     if any(b <= a for a, b in zip(te, te[1:])):
         raise ValueError(f"echo_times: expected strictly increasing echo times, got {te}")
     return te
+
+
+@dataclasses.dataclass
+class SolverInfo:
+    """What an iterative solver did (returned with ``return_info=True``).
+
+    ``iterations``: iterations run; ``residual``: final relative residual or update norm (say which in the
+    solver's docstring); ``converged``: tolerance reached before ``max_iter``; ``fft_pairs``: number of
+    forward+inverse 3-D FFT pairs of the working grid size performed (benchmarks compare the run time with
+    this FFT bound); ``params``: the parameters used.
+    """
+
+    method: str
+    iterations: int = 0
+    residual: float = float("nan")
+    converged: bool = True
+    fft_pairs: int = 0
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)

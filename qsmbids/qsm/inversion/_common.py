@@ -9,21 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._utils import as_real, check_b0_dir, check_finite, check_mask, check_same_shape, check_voxel_size
+from .._utils import SolverInfo, as_real, check_b0_dir, check_finite, check_mask, check_same_shape, check_voxel_size
 from ..fourier import crop, dipole_kernel, pad, padded_shape
 
 __all__ = ["SolverInfo", "Problem", "prepare"]
-
-
-@dataclasses.dataclass
-class SolverInfo:
-    """What an inversion did: iterations run, final relative residual/update, convergence and parameters."""
-
-    method: str
-    iterations: int = 0
-    residual: float = float("nan")
-    converged: bool = True
-    params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
