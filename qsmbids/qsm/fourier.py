@@ -149,11 +149,16 @@ def dipole_kernel(
     (0.0, 0.3333333432674408, -0.666667)
     """
     b = check_b0_dir(b0_dir)
-    kx, ky, kz = kspace_grid(shape, voxel_size, device=device, dtype=torch.float64)
-    k2 = kx**2 + ky**2 + kz**2
-    kb = kx * b[0] + ky * b[1] + kz * b[2]
+    ks = kspace_grid(shape, voxel_size, device=device, dtype=torch.float64)
+    k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
+    # (k·b)² with the cross terms averaged over the sign of Nyquist frequencies (even sizes): keeps D exactly
+    # real and even, D(k) = D(−k), so D∗χ of a real χ is real also for an oblique B0.
+    kt = [torch.where(k == k.min(), torch.zeros_like(k), k) if n % 2 == 0 and n > 1 else k
+          for k, n in zip(ks, tuple(int(s) for s in shape[-3:]))]
+    kb2 = sum((k * bi) ** 2 for k, bi in zip(ks, b))
+    kb2 = kb2 + 2 * (kt[0] * kt[1] * b[0] * b[1] + kt[0] * kt[2] * b[0] * b[2] + kt[1] * kt[2] * b[1] * b[2])
     k2_safe = torch.where(k2 == 0, torch.ones_like(k2), k2)
-    D = 1.0 / 3.0 - kb**2 / k2_safe
+    D = 1.0 / 3.0 - kb2 / k2_safe
     D = torch.where(k2 == 0, torch.zeros_like(D), D)
     return D.to(dtype)
 

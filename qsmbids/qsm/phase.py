@@ -47,11 +47,12 @@ PhaseUnits = Literal["rad", "integer", "arbitrary"]
 
 #: Known integer vendor ranges (min, max) and the value that corresponds to −π and +π.
 _INTEGER_RANGES: tuple[tuple[float, float, float, float], ...] = (
-    # data min, data max, value at -pi, value at +pi
-    (-4096, 4095, -4096, 4096),  # Siemens (12-bit signed, dcm2niix)
-    (0, 4095, 0, 4096),  # Siemens (12-bit unsigned)
-    (-2048, 2047, -2048, 2048),
+    # data min, data max, value at -pi, value at +pi; narrowest first, a range matches when the data
+    # lie inside it and span at least 90 % of it
+    (-2048, 2047, -2048, 2048),  # 12-bit signed halves
     (-3142, 3142, -1000 * math.pi, 1000 * math.pi),  # GE milliradians
+    (0, 4095, 0, 4096),  # Siemens (12-bit unsigned)
+    (-4096, 4095, -4096, 4096),  # Siemens (dcm2niix, signed)
     (-32768, 32767, -32768, 32768),  # 16-bit signed full range
     (0, 65535, 0, 65536),
 )
@@ -61,8 +62,8 @@ _INTEGER_RANGES: tuple[tuple[float, float, float, float], ...] = (
 def wrap(phase: Tensor) -> Tensor:
     """Wrap phase (rad) to [−π, π).
 
-    >>> float(wrap(torch.tensor(3 * math.pi)))
-    -3.141592653589793
+    >>> round(float(wrap(torch.tensor(3 * math.pi))), 5)
+    -3.14159
     """
     phase = as_real(phase, "phase")
     return torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
@@ -141,7 +142,7 @@ def scale_phase(
         lo, hi = _finite_range(x)
         value_range = (lo, hi)
         for dmin, dmax, at_mpi, at_ppi in _INTEGER_RANGES:
-            if lo >= dmin and hi <= dmax and (hi - lo) > 0.5 * (dmax - dmin):
+            if lo >= dmin and hi <= dmax and (hi - lo) >= 0.9 * (dmax - dmin):
                 value_range = (at_mpi, at_ppi)
                 break
     a, b = (float(v) for v in value_range)
