@@ -1,0 +1,185 @@
+"""Total-variation dipole inversion by ADMM with closed-form k-space χ-updates (Bilgic et al. 2014).
+
+Also holds the allocation-free periodic gradient / adjoint and the fused shrinkage step shared with
+:mod:`.rts`. With periodic forward differences the gradient is diagonal in k-space, so the quadratic
+χ-subproblem of the ADMM splitting z = ∇χ is solved exactly by one real FFT pair per iteration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .._utils import check_positive, numpy_io
+from ..fourier import laplacian_kernel
+from ._common import SolverInfo, prepare
+from .direct import RealFFT, half_spectrum
+
+__all__ = ["tv"]
+
+_DIMS = (-3, -2, -1)
+
+
+def check_iterations(max_iter: int, name: str = "max_iter") -> int:
+    """A positive integer iteration count."""
+    try:
+        n = int(max_iter)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected a positive integer, got {max_iter!r}") from exc
+    if n < 1 or n != max_iter:
+        raise ValueError(f"{name}: expected a positive integer, got {max_iter!r}")
+    return n
+
+
+def diff_into(x: Tensor, out: Tensor) -> Tensor:
+    """Raw periodic forward differences x[j + eᵢ] − x[j] of a 3-D ``x``, written into ``out`` (shape (3, *x.shape))."""
+    for i, d in enumerate(_DIMS):
+        n = x.shape[d]
+        o = out[i]
+        torch.sub(x.narrow(d, 1, n - 1), x.narrow(d, 0, n - 1), out=o.narrow(d, 0, n - 1))
+        torch.sub(x.narrow(d, 0, 1), x.narrow(d, n - 1, 1), out=o.narrow(d, n - 1, 1))
+    return out
+
+
+def diff_adjoint_into(g: Tensor, out: Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0)) -> Tensor:
+    """Weighted adjoint of :func:`diff_into`: Σᵢ wᵢ·(gᵢ[j − eᵢ] − gᵢ[j]), written into ``out``."""
+    for i, (d, wi) in enumerate(zip(_DIMS, weights)):
+        n = out.shape[d]
+        gi = g[i]
+        if i == 0:
+            torch.mul(gi, -wi, out=out)
+        else:
+            out.sub_(gi, alpha=wi)
+        out.narrow(d, 1, n - 1).add_(gi.narrow(d, 0, n - 1), alpha=wi)
+        out.narrow(d, 0, 1).add_(gi.narrow(d, n - 1, 1), alpha=wi)
+    return out
+
+
+def grad_into(x: Tensor, out: Tensor, voxel_size: Sequence[float]) -> Tensor:
+    """Periodic forward-difference gradient (1/mm) of a 3-D ``x`` into ``out`` (shape (3, *x.shape))."""
+    diff_into(x, out)
+    for i, h in enumerate(voxel_size):
+        if h != 1.0:
+            out[i].mul_(1.0 / h)
+    return out
+
+
+def grad_adjoint_into(g: Tensor, out: Tensor, voxel_size: Sequence[float]) -> Tensor:
+    """Adjoint of :func:`grad_into` (= −divergence), written into ``out``."""
+    return diff_adjoint_into(g, out, [1.0 / h for h in voxel_size])
+
+
+def shrink_step(g: Tensor, u: Tensor, kappa: Sequence[float]) -> Tensor:
+    """Fused ADMM z/u step for an ℓ1 term with per-axis thresholds κᵢ, in place.
+
+    On entry ``g`` = ∇χ and ``u`` the scaled dual. With t = g + u: z = soft(t, κ), u ← t − z = clip(t, ±κ);
+    on exit ``g`` holds z − u = t − 2·clip(t, ±κ), the vector whose adjoint gradient feeds the next χ-update.
+    """
+    for i, k in enumerate(kappa):
+        gi, ui = g[i], u[i]
+        gi.add_(ui)
+        torch.clamp(gi, -k, k, out=ui)
+        gi.sub_(ui, alpha=2.0)
+    return g
+
+
+def relative_update(x: Tensor, x_prev: Tensor) -> float:
+    """‖x − x_prev‖/‖x‖ (0 when x = 0); overwrites ``x_prev`` with the difference. One host sync."""
+    nd_nx = torch.stack([torch.linalg.vector_norm(x_prev.sub_(x)), torch.linalg.vector_norm(x)]).tolist()
+    return nd_nx[0] / nd_nx[1] if nd_nx[1] > 0 else 0.0
+
+
+def neg_laplacian_half(shape: Sequence[int], voxel_size: Sequence[float], like: Tensor) -> Tensor:
+    """|E(k)|² = −(symbol of the periodic 7-point Laplacian) on the rfft half grid (≥ 0)."""
+    L = laplacian_kernel(shape, voxel_size, device=like.device, dtype=like.dtype)
+    return half_spectrum(-L)
+
+
+@numpy_io
+def tv(
+    local_field: Tensor,
+    mask: Tensor,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
+    *,
+    lambda_: float = 1e-3,
+    rho: float | None = None,
+    tol: float = 1e-3,
+    max_iter: int = 250,
+    pad_factor: float = 1.0,
+    return_info: bool = False,
+):
+    """TV-regularised inversion: argmin_χ ½‖F⁻¹DFχ − f‖² + λ‖∇χ‖₁ by ADMM (anisotropic TV).
+
+    Bilgic B, Fan AP, Polimeni JR, Cauley SF, Bianciardi M, Adalsteinsson E, Wald LL, Setsompop K. Fast
+    quantitative susceptibility mapping with L1-regularization and automatic parameter selection. Magn Reson
+    Med 2014;72:1444–1459. Splitting z = ∇χ with scaled dual u and penalty ρ:
+
+        χ ← F⁻¹[(D·F f + ρ·Eᴴ·F(z − u)) / (D² + ρ|E|²)],   z ← soft(∇χ + u, λ/ρ),   u ← u + ∇χ − z,
+
+    with E the k-space symbol of the periodic forward differences (voxel size in mm), so every χ-update is
+    exact and costs one real FFT pair. Starts from z = u = 0 (the first iterate is the gradient-Tikhonov
+    solution with weight ρ). Stops when ‖χₖ − χₖ₋₁‖/‖χₖ‖ < ``tol`` or after ``max_iter`` iterations; this
+    relative update is the reported ``residual``.
+
+    ``local_field`` in ppm, χ in ppm, zero outside ``mask``; the data term covers the whole FFT grid (the
+    field is zero outside the mask), as in the paper. Defaults λ = 1e-3, ρ = 100·λ, tol = 1e-3,
+    ``max_iter=250`` (QSM.jl) for the field in ppm. λ scales with the field amplitude and noise: on the
+    low-contrast 64³ test phantom (RMS field 0.009 ppm) λ = 1e-3 suits σ = 0.005 ppm noise, λ = 1e-4 suits
+    σ = 0.001 ppm (NRMSE 17 % against 45 % with the default). ``pad_factor=1`` (FFT-friendly sizes only) keeps
+    large volumes fast; use 1.5 when the mask reaches the edge of the field of view.
+    """
+    lam = check_positive(lambda_, "lambda_")
+    rho_ = 100.0 * lam if rho is None else check_positive(rho, "rho")
+    tol_ = check_positive(tol, "tol")
+    n_iter = check_iterations(max_iter)
+    p = prepare(local_field, mask, voxel_size, b0_dir, pad_factor=pad_factor)
+    vs = p.voxel_size
+    D = half_spectrum(p.D)
+    E2 = neg_laplacian_half(p.shape, vs, D)
+
+    # constant parts of the χ-update: F̂ = D·f̂ / A, iA = ρ / A with A = D² + ρ|E|² (0 at k = 0)
+    A = D * D + rho_ * E2
+    inv_a = torch.where(A > 0, 1.0 / torch.where(A > 0, A, torch.ones_like(A)), torch.zeros_like(A))
+    fft = RealFFT(p.shape, p.field)
+    F_hat = fft.forward(p.field).mul(D * inv_a)
+    i_a = inv_a.mul_(rho_)
+    # the loop works with raw differences Δᵢ = hᵢ∇ᵢ: scaled dual hᵢuᵢ, threshold hᵢλ/ρ, adjoint weight 1/hᵢ²
+    kappa = [lam / rho_ * h for h in vs]
+    adj_w = [1.0 / (h * h) for h in vs]
+
+    x = fft.inverse(F_hat, torch.empty_like(p.field))  # z = u = 0: the first χ-update is F⁻¹F̂
+    x_prev = torch.empty_like(x)
+    g = torch.empty((3, *p.shape), dtype=x.dtype, device=x.device)
+    u = torch.zeros_like(g)
+    w = torch.empty_like(x)
+    fft_pairs = 1.0
+    residual = 1.0  # relative change of the first iterate from χ = 0
+    converged = False
+    it = 1
+    for it in range(2, n_iter + 1):
+        shrink_step(diff_into(x, g), u, kappa)
+        X = fft.forward(diff_adjoint_into(g, w, adj_w))
+        torch.addcmul(F_hat, X, i_a, out=X)
+        x, x_prev = x_prev, x
+        fft.inverse(X, x)
+        fft_pairs += 1
+        residual = relative_update(x, x_prev)
+        if residual < tol_:
+            converged = True
+            break
+    chi = p.unpad(x * p.mask).contiguous()
+    if not return_info:
+        return chi
+    info = SolverInfo(
+        method="tv",
+        iterations=it,
+        residual=residual,
+        converged=converged,
+        fft_pairs=math.ceil(fft_pairs),
+        params={"lambda_": lam, "rho": rho_, "tol": tol_, "max_iter": n_iter, "pad_factor": pad_factor},
+    )
+    return chi, info
