@@ -138,6 +138,7 @@ def dipole_kernel(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    half: bool = False,
 ) -> Tensor:
     """Unit dipole kernel D(k) = 1/3 − (k·b̂)²/|k|² on a grid of ``shape`` (FFT order), D(0) = 0.
 
@@ -149,17 +150,29 @@ def dipole_kernel(
     (0.0, 0.3333333432674408, -0.666667)
     """
     b = check_b0_dir(b0_dir)
-    ks = kspace_grid(shape, voxel_size, device=device, dtype=torch.float64)
-    k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
-    # (k·b)² with the cross terms averaged over the sign of Nyquist frequencies (even sizes): keeps D exactly
-    # real and even, D(k) = D(−k), so D∗χ of a real χ is real also for an oblique B0.
-    kt = [torch.where(k == k.min(), torch.zeros_like(k), k) if n % 2 == 0 and n > 1 else k
-          for k, n in zip(ks, tuple(int(s) for s in shape[-3:]))]
-    kb2 = sum((k * bi) ** 2 for k, bi in zip(ks, b))
-    kb2 = kb2 + 2 * (kt[0] * kt[1] * b[0] * b[1] + kt[0] * kt[2] * b[0] * b[2] + kt[1] * kt[2] * b[1] * b[2])
-    k2_safe = torch.where(k2 == 0, torch.ones_like(k2), k2)
-    D = 1.0 / 3.0 - kb2 / k2_safe
-    D = torch.where(k2 == 0, torch.zeros_like(D), D)
+    vs = check_voxel_size(voxel_size)
+    shape = tuple(int(s) for s in shape[-3:])
+    # 1-D frequency axes (cycles/mm); the last one is the rfft half axis when ``half``
+    axes = []
+    for axis, (n, d) in enumerate(zip(shape, vs)):
+        last_half = half and axis == 2
+        k = (torch.fft.rfftfreq if last_half else torch.fft.fftfreq)(n, d=d, device=device, dtype=torch.float64)
+        # cross terms of (k·b̂)² are averaged over the sign of the Nyquist frequency (even sizes), which keeps
+        # D exactly real and even, D(k) = D(−k): D∗χ of a real χ is real also for an oblique B0
+        kt = k.clone()
+        if n % 2 == 0 and n > 1:
+            kt[n // 2] = 0.0
+        view = [1, 1, 1]
+        view[axis] = k.numel()
+        axes.append((k.to(dtype).reshape(view), kt.to(dtype).reshape(view)))
+    (kx, tx), (ky, ty), (kz, tz) = axes
+    k2 = (kx * kx + ky * ky) + kz * kz
+    kb2 = (kx * kx * (b[0] * b[0]) + ky * ky * (b[1] * b[1])) + kz * kz * (b[2] * b[2])
+    cross = (tx * ty * (2 * b[0] * b[1]) + tx * tz * (2 * b[0] * b[2])) + ty * tz * (2 * b[1] * b[2])
+    kb2 = kb2 + cross
+    k2[(0,) * 3] = 1.0
+    D = kb2.div_(k2).neg_().add_(1.0 / 3.0)
+    D[(0,) * 3] = 0.0
     return D.to(dtype)
 
 

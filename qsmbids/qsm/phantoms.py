@@ -9,7 +9,6 @@ a vein, a calcification and a haemorrhage on a slowly varying background.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import numpy as np

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,18 +19,27 @@ __all__ = ["SolverInfo", "Problem", "prepare"]
 class Problem:
     """A validated inversion problem on the (padded) FFT grid.
 
-    ``field`` and ``mask`` are padded to ``shape``; ``D`` is the dipole kernel on that grid;
-    :meth:`unpad` crops a padded volume back to the input shape.
+    ``field`` and ``mask`` are padded to ``shape``; ``D`` is the dipole kernel on that grid and ``D_half``
+    its ``rfftn`` half (both built on first use); :meth:`unpad` crops a padded volume back to the input shape.
     """
 
     field: Tensor
     mask: Tensor
-    D: Tensor
     voxel_size: tuple[float, float, float]
     b0_dir: tuple[float, float, float]
     shape: tuple[int, int, int]
     orig_shape: tuple[int, int, int]
     magnitude: Tensor | None = None
+
+    @functools.cached_property
+    def D(self) -> Tensor:
+        return dipole_kernel(self.shape, self.voxel_size, self.b0_dir, device=self.field.device, dtype=self.field.dtype)
+
+    @functools.cached_property
+    def D_half(self) -> Tensor:
+        return dipole_kernel(
+            self.shape, self.voxel_size, self.b0_dir, device=self.field.device, dtype=self.field.dtype, half=True
+        )
 
     def unpad(self, x: Tensor) -> Tensor:
         return crop(x, self.orig_shape)
@@ -71,11 +80,9 @@ def prepare(
         raise ValueError("magnitude: this method needs the magnitude image (pass magnitude=...)")
     orig = tuple(int(s) for s in field.shape)
     shape = padded_shape(orig, pad_factor)
-    D = dipole_kernel(shape, vs, b0, device=field.device, dtype=field.dtype)
     return Problem(
         field=pad(field, shape),
         mask=pad(m, shape),
-        D=D,
         voxel_size=vs,  # type: ignore[arg-type]
         b0_dir=b0,
         shape=shape,  # type: ignore[arg-type]

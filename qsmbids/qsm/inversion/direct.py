@@ -61,7 +61,7 @@ def _filter_solve(p: Problem, K: Tensor, name: str, params: dict, return_info: b
     res = 0.0
     if return_info:
         nf = float(torch.linalg.vector_norm(F))
-        D = half_spectrum(p.D)
+        D = p.D_half
         res = float(torch.linalg.vector_norm((D * K - 1.0) * F)) / nf if nf > 0 else 0.0
     chi = fft.inverse(F.mul_(K), torch.empty_like(p.field)).mul_(p.mask)
     chi = p.unpad(chi).contiguous()
@@ -105,7 +105,7 @@ def tkd(
     """
     t = _check_threshold(threshold)
     p = prepare(local_field, mask, voxel_size, b0_dir, pad_factor=pad_factor)
-    D = half_spectrum(p.D)
+    D = p.D_half
     K = torch.where(D.abs() > t, 1.0 / D, torch.sign(D) / t)  # D = 0 (k = 0) → sign 0 → 0
     return _filter_solve(p, K, "tkd", {"threshold": t, "pad_factor": pad_factor}, return_info)
 
@@ -132,7 +132,7 @@ def tsvd(
     """
     t = _check_threshold(threshold)
     p = prepare(local_field, mask, voxel_size, b0_dir, pad_factor=pad_factor)
-    D = half_spectrum(p.D)
+    D = p.D_half
     K = torch.where(D.abs() > t, 1.0 / D, torch.zeros((), dtype=D.dtype, device=D.device))
     return _filter_solve(p, K, "tsvd", {"threshold": t, "pad_factor": pad_factor}, return_info)
 
@@ -166,7 +166,7 @@ def tikhonov(
     if reg not in ("identity", "gradient"):
         raise ValueError(f"regulariser: expected 'identity' or 'gradient', got {regulariser!r}")
     p = prepare(local_field, mask, voxel_size, b0_dir, pad_factor=pad_factor)
-    D = half_spectrum(p.D)
+    D = p.D_half
     if reg == "identity":
         R = torch.ones_like(D)
     else:

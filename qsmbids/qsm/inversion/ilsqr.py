@@ -12,7 +12,7 @@ from .._utils import check_positive, numpy_io
 from ..fourier import sphere_kernel
 from ._common import SolverInfo, prepare
 from ._lsmr import PingPong, lsmr
-from .direct import RealFFT, half_spectrum
+from .direct import RealFFT
 from .tv import check_iterations, diff_adjoint_into, diff_into, grad_adjoint_into, grad_into
 
 __all__ = ["ilsqr"]
@@ -87,7 +87,7 @@ def ilsqr(
     r_smv = check_positive(smv_radius, "smv_radius")
     p = prepare(local_field, mask, voxel_size, b0_dir, pad_factor=pad_factor)
     vs, shape = p.voxel_size, p.shape
-    D = half_spectrum(p.D)
+    D = p.D_half
     absD = D.abs()
     mb = p.mask
     m = mb.to(p.field.dtype)
@@ -112,7 +112,6 @@ def ilsqr(
     s1 = lsmr(A1, A1T, f * sw, atol=tol_, btol=tol_, max_iter=n_iter)
     x_lsqr = s1.x.mul_(m)
     fft_pairs = float(s1.matvecs)
-    del out1, out1t
 
     # step 2: fast QSM structure estimate, scaled to TKD
     F = fft.forward(f).clone()

@@ -11,7 +11,7 @@ from torch import Tensor
 from .._utils import check_positive, numpy_io
 from ._common import SolverInfo, prepare
 from ._lsmr import PingPong, lsmr
-from .direct import RealFFT, half_spectrum
+from .direct import RealFFT
 from .tv import check_iterations, diff_adjoint_into, diff_into, neg_laplacian_half, relative_update, shrink_step
 
 __all__ = ["rts"]
@@ -73,7 +73,7 @@ def rts(
     n_ls = check_iterations(lsmr_iter, "lsmr_iter")
     p = prepare(local_field, mask, voxel_size, b0_dir, pad_factor=pad_factor)
     vs, shape = p.voxel_size, p.shape
-    D = half_spectrum(p.D)
+    D = p.D_half
     m = p.mask.to(p.field.dtype)
 
     fft = RealFFT(shape, p.field)

@@ -138,7 +138,7 @@ def tv(
     n_iter = check_iterations(max_iter)
     p = prepare(local_field, mask, voxel_size, b0_dir, pad_factor=pad_factor)
     vs = p.voxel_size
-    D = half_spectrum(p.D)
+    D = p.D_half
     E2 = neg_laplacian_half(p.shape, vs, D)
 
     # constant parts of the χ-update: F̂ = D·f̂ / A, iA = ρ / A with A = D² + ρ|E|² (0 at k = 0)
