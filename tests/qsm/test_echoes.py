@@ -253,14 +253,17 @@ def test_combine_echoes_spatial_wraps_in_template():
 
 
 def test_combine_echoes_default_unwrapper():
-    """The default (quality-guided, qsmbids.qsm.unwrap) unwrapper on a 190 Hz field that wraps in the first echo,
-    plus a wrapping offset. Measured: median |err| 0.28 Hz, max 1.6 Hz."""
+    """The default (quality-guided, qsmbids.qsm.unwrap) unwrapper on a field that wraps in the first echo, plus a
+    wrapping offset. Neighbour differences stay below π in the template echo (a larger jump at the sphere surface
+    is ambiguous for any spatial unwrapper: with 400 Hz·sphere ~30 surface voxels come out 250 Hz off).
+    Measured: median |err| 0.28 Hz, max < 2 Hz."""
     X, Y, Z, mask = _brain()
-    field = 400 * sphere_field(X.shape, (1, 1, 1), 5.0, 1.0) + 1.5 * Y
+    field = 150 * sphere_field(X.shape, (1, 1, 1), 5.0, 1.0) + 5.0 * Y
     ph, mag = _multi_echo(field, 2.6 + 0.03 * X - 0.02 * Y)
     fit = E.combine_echoes(ph, mag, TE5, mask, sigma_mm=4.0)
     err = np.abs(fit.field_hz - field)[mask]
     assert np.median(err) < 0.4 and err.max() < 3.0
+    assert np.ptp(field[mask]) * 2 * np.pi * TE5[0] + 2.6 > 2 * np.pi  # the template echo does wrap
 
 
 def test_combine_echoes_bipolar():
