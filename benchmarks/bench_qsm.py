@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Wall time, peak memory and FFT-bound ratio of every qsmbids.qsm algorithm on one volume (CPU).
 
-Each algorithm runs in its own subprocess so that its peak resident memory (``ru_maxrss``) is its own;
-the baseline (Python + torch + the input data) is reported too. For FFT-based iterative solvers the run
+The input volumes are generated once (seeded) and saved; each algorithm then runs in its own subprocess
+that loads them, so that its peak resident memory (``ru_maxrss``) is its own. ``peak_rss_gb`` is the whole
+process (Python + torch + inputs + the call), ``baseline_rss_gb`` the same before the call. For FFT-based iterative solvers the run
 time is compared with its FFT bound: the number of forward+inverse 3-D FFT pairs the solver reports
 (``SolverInfo.fft_pairs``) times the time of one FFT pair of the working grid measured in the same process
 (real-to-complex pairs for solvers that use ``rfftn``, complex pairs otherwise; both are reported).
@@ -109,12 +110,29 @@ def _fft_pair_times(shape, reps=3):
     return t_r, t_c
 
 
-def _run_case(name, shape):
+def _make_data(shape, path):
+    """Generate the benchmark volumes once (seeded) and save them; workers load them."""
+    import numpy as np
+
+    ph, mask, local, total, vs = _data(shape)
+    mag, phase, tes = _multi_echo(ph, total, shape)
+    np.savez(path, chi=ph.chi, mask=ph.mask, magnitude=ph.magnitude, local=local.numpy(), total=total.numpy(),
+             mag=mag.numpy(), phase=phase.numpy(), tes=np.asarray(tes))
+
+
+def _run_case(name, shape, data_path):
+    import numpy as np
     import torch
 
     from qsmbids.qsm.fourier import padded_shape
 
-    ph, mask, local, total, vs = _data(shape)
+    d = np.load(data_path)
+    vs = (1.0, 1.0, 1.0)
+    mask = torch.from_numpy(d["mask"])
+    local, total = torch.from_numpy(d["local"]), torch.from_numpy(d["total"])
+    magnitude = torch.from_numpy(d["magnitude"])
+    mag, phase, tes = torch.from_numpy(d["mag"]), torch.from_numpy(d["phase"]), tuple(d["tes"].tolist())
+    del d
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     stage = CASES[name][0]
     info = None
@@ -122,7 +140,7 @@ def _run_case(name, shape):
     if stage == "inversion":
         from qsmbids.qsm.inversion import invert
 
-        kw = {"magnitude": torch.from_numpy(ph.magnitude)} if name == "medi" else {}
+        kw = {"magnitude": magnitude} if name == "medi" else {}
         out = invert(local, mask, vs, (0, 0, 1), method=name, return_info=True, **kw)
         out, info = out if isinstance(out, tuple) else (out, None)
     elif stage == "background":
@@ -131,8 +149,6 @@ def _run_case(name, shape):
         out = remove_background(total, mask, vs, (0, 0, 1), method=name, return_info=True)
         out, info = out if isinstance(out, tuple) and len(out) == 2 and hasattr(out[1], "fft_pairs") else (out, None)
     else:
-        mag, phase, tes = _multi_echo(ph, total, shape)
-        t0 = time.perf_counter()
         if name == "unwrap_laplacian":
             from qsmbids.qsm.unwrap import unwrap_laplacian
 
@@ -168,11 +184,12 @@ def _run_case(name, shape):
         "wall_s": round(wall, 3),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
         "baseline_rss_gb": round(base_rss, 3),
+        "call_peak_increment_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2 - base_rss, 3),
     }
     if info is not None:
         res.update(iterations=info.iterations, residual=float(info.residual), fft_pairs=info.fft_pairs)
         if CASES[name][1] and info.fft_pairs:
-            grid = padded_shape(shape, float(info.params.get("pad_factor", 1.0)))
+            grid = tuple(info.params.get("fft_shape") or padded_shape(shape, float(info.params.get("pad_factor", 1.0))))
             t_r, t_c = _fft_pair_times(grid)
             res.update(
                 fft_grid=list(grid),
@@ -190,17 +207,23 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", choices=sorted(CASES), default=None)
     p.add_argument("--out", type=Path, default=HERE / "results" / "qsm.json")
     p.add_argument("--worker", choices=sorted(CASES), help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     shape = tuple(args.shape)
     if args.worker:
-        print(json.dumps(_run_case(args.worker, shape)))
+        print(json.dumps(_run_case(args.worker, shape, args.data)))
         return 0
+    import tempfile
+
     import torch
 
     results = []
+    tmp = tempfile.TemporaryDirectory()
+    data_path = str(Path(tmp.name) / "data.npz")
+    _make_data(shape, data_path)
     for name in args.only or list(CASES):
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--shape", *map(str, shape)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--shape", *map(str, shape),
+                               "--data", data_path], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
             results.append({"name": name, "error": err})

@@ -391,7 +391,7 @@ def resharp(
         residual=res,
         converged=res <= tol_,
         fft_pairs=fft.pairs,
-        params={"radius": r, "alpha": a, "tol": tol_, "max_iter": n_iter},
+        params={"radius": r, "alpha": a, "tol": tol_, "max_iter": n_iter, "fft_shape": tuple(grid.shape)},
     )
     return _finish(result, info, return_info)
 
@@ -452,7 +452,7 @@ def pdf(
     else:
         shape = tuple(fast_len(n) for n in f.shape[-3:])
     fft = _FFT(shape)
-    D = dipole_kernel(shape, vs, b0, device=f.device, dtype=f.dtype)[..., : shape[-1] // 2 + 1]
+    D = dipole_kernel(shape, vs, b0, device=f.device, dtype=f.dtype, half=True)
     outside = ~pad(m, shape)
     W2 = pad(w2, shape)
     fp = pad(f, shape)
@@ -474,7 +474,7 @@ def pdf(
         converged=res <= tol_,
         fft_pairs=fft.pairs,
         params={"tol": tol_, "max_iter": n_iter, "pad_factor": pad_factor, "b0_dir": b0,
-                "weighted": weights is not None},
+                "weighted": weights is not None, "fft_shape": tuple(shape)},
     )
     return _finish(result, info, return_info)
 
