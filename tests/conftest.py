@@ -17,6 +17,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Unit-test volumes are small: one intra-op thread is faster and avoids oversubscribing CI's two cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def head64():
     """64³ piecewise-smooth head phantom at 1 mm (seed 0)."""
