@@ -29,15 +29,6 @@ from qsmbids.qsm.fourier import forward_field
 from qsmbids.qsm.phantoms import coordinates, sphere
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    # The FFT-heavy tests run ~20x faster with one intra-op thread on small shared CPUs.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _scene(hp):
     shape, vs = hp.chi.shape, hp.voxel_size
     m = hp.mask

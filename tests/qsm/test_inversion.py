@@ -41,15 +41,6 @@ BOUNDS_HIGH_NOISE = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """64³ FFTs gain nothing from threads, and on a shared CI runner thread contention makes them far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def nrmse(x: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     """100·‖(x − x̄) − (ref − r̄)‖/‖ref − r̄‖ inside the mask (means taken in the mask)."""
     a = x[mask] - x[mask].mean()

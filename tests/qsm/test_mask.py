@@ -27,17 +27,9 @@ from qsmbids.qsm.mask import (
 from qsmbids.qsm.phantoms import coordinates
 from qsmbids.qsm.phase import scale_phase, wrap
 
-ROMEO = Path("/work/shared/data/romeo_small")
+ROMEO = Path(__file__).resolve().parents[3] / "shared" / "data" / "romeo_small"  # ../shared beside the checkout
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The volumes here are small: one torch thread is faster and immune to a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def dice(a, b) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)

@@ -22,15 +22,6 @@ REL = 1e-8
 N = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Volumes here are tiny: one intra-op thread avoids spin-wait overhead on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _smooth(rng, shape, sigma=2.0, scale=0.1):
     v = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
     return (scale * v / v.std()).astype(np.float32).astype(np.float64)

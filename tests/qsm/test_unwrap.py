@@ -28,17 +28,9 @@ from qsmbids.qsm.unwrap import (
 
 TWO_PI = 2 * math.pi
 SHAPE = (48, 48, 40)
-ROMEO = Path("/work/shared/data/romeo_small")
+ROMEO = Path(__file__).resolve().parents[3] / "shared" / "data" / "romeo_small"  # ../shared beside the checkout
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The volumes here are small: one torch thread is faster and immune to a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def correct_fraction(result, truth, mask) -> float:
     d = (np.asarray(result, dtype=np.float64) - np.asarray(truth, dtype=np.float64))[mask] / TWO_PI
