@@ -233,6 +233,11 @@ def test_solver_info_and_fft_counts(small):
     assert info.iterations == 7 and not info.converged and info.fft_pairs == 2 * 7 + 2
     _, info = bg.pdf(f, m, vs, return_info=True)
     assert info.params["max_iter"] == int(np.ceil(np.sqrt(32**3)))  # QSM.jl default ⌈√N⌉ = 182
+    big = np.zeros((64, 64, 64), np.float32)
+    big_mask = np.zeros((64, 64, 64), bool)
+    big_mask[20:44, 20:44, 20:44] = True
+    _, info = bg.pdf(big, big_mask, vs, tol=0.5, return_info=True)
+    assert info.params["max_iter"] == bg.PDF_MAX_ITER == 200  # ⌈√N⌉ = 512 capped
     _, info = bg.lbv(f, m, vs, return_info=True)
     assert info.converged and info.residual <= 1e-6 and info.fft_pairs == 0 and info.iterations > 5
 
