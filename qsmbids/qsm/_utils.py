@@ -1,8 +1,9 @@
 """Shared plumbing for the numerical core: array conversion and argument validation.
 
 Every public function in :mod:`qsmbids.qsm` works on :class:`torch.Tensor` and keeps the input's
-device. NumPy arrays are accepted too: :func:`numpy_io` converts them to tensors on the CPU and
-converts every tensor in the result back to NumPy, so callers get the type they passed in.
+device. NumPy arrays are accepted too: :func:`numpy_io` converts them to tensors on the CPU and, when the
+first (data) argument was NumPy, converts every tensor in the result back to NumPy, so callers get the
+type of the data they passed in.
 
 Precision rule: NumPy arrays are computed in float32 / complex64 (the default working precision);
 torch tensors keep float64 / complex128 when the caller chose it explicitly. Integer and boolean
@@ -80,7 +81,7 @@ def to_numpy(x: Any) -> Any:
 
 
 def numpy_io(fn: F) -> F:
-    """Decorator: accept NumPy arrays for any argument and return NumPy if any input was NumPy.
+    """Decorator: accept NumPy arrays for any argument; return NumPy when the first (data) argument was NumPy.
 
     Lists/tuples of arrays (e.g. a list of echoes) are converted element-wise. Plain Python
     sequences of numbers (voxel sizes, B0 directions, echo times) are left alone.
@@ -95,19 +96,20 @@ def numpy_io(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        used_numpy = False
+        flags = []
         new_args = []
         for a in args:
             a, flag = convert(a)
-            used_numpy |= flag
+            flags.append(flag)
             new_args.append(a)
         new_kwargs = {}
         for k, v in kwargs.items():
             v, flag = convert(v)
-            used_numpy |= flag
+            flags.append(flag)
             new_kwargs[k] = v
         out = fn(*new_args, **new_kwargs)
-        return to_numpy(out) if used_numpy else out
+        # the primary (first) data argument decides the output type: torch data with NumPy echo times stays torch
+        return to_numpy(out) if (flags and flags[0]) else out
 
     return wrapper  # type: ignore[return-value]
 

@@ -139,6 +139,9 @@ def test_numpy_io_converts_nested_results():
     t, _ = f(torch.ones(3, dtype=torch.float64), [torch.ones(3), torch.ones(3)])
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float64
     assert to_numpy((torch.zeros(1),))[0].shape == (1,)
+    # the first (data) argument decides: torch data with NumPy auxiliaries (e.g. echo times) stays torch
+    t2, _ = f(torch.ones(3), [np.ones(3), np.ones(3)])
+    assert isinstance(t2, torch.Tensor)
 
 
 def test_validators():
