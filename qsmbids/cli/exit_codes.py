@@ -1,0 +1,11 @@
+"""Exit codes of the qsmbids commands (BIDS-Apps execution spec and BSD sysexits)."""
+
+EX_OK = 0
+EX_VALIDATION = 16  # BIDS validation failed
+EX_UNKNOWN_LEVEL = 17  # analysis level not known
+EX_NO_MATCH = 18  # no input matched the filters
+EX_USAGE = 64  # command-line usage error
+EX_DATAERR = 65  # bad input data
+EX_NOINPUT = 66  # input missing
+EX_SOFTWARE = 70  # internal error
+EX_CANTCREAT = 73  # cannot create output
