@@ -2,7 +2,7 @@
 
     qsmbids-sim OUT [--preset demo|test] [--subjects N] [--sessions M] [--runs R] [--field-strength T]
                 [--echo-times MS ...] [--voxel-size MM] [--snr X] [--b0-tilt DEG] [--lesions]
-                [--phase-units rad|arbitrary] [--seed S] [--overwrite]
+                [--phase-units rad|arbitrary] [--t1w] [--seed S] [--overwrite]
 
 Every subject gets its own head (seeded variation of χ, texture and head position); every run its own noise.
 The dataset is written to a temporary folder next to OUT and moved into place at the end, so a failed or
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--b0-tilt", type=float, default=0.0, metavar="DEG",
                    help="tilt of the slab against B0 (oblique acquisition), degrees about the x axis")
     p.add_argument("--lesions", action="store_true", help="add a calcification, a haemorrhage and MS-like lesions")
+    p.add_argument("--t1w", action="store_true", help="also write a T1-weighted image per subject and session")
     p.add_argument("--phase-units", choices=("rad", "arbitrary"), default="rad",
                    help="store phase in radians or as Siemens-like integers -4096..4095 (Units 'arbitrary')")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
@@ -103,10 +104,10 @@ def _rot_x(deg: float) -> np.ndarray:
 
 
 def simulate_dataset(out: Path, settings: dict, *, lesions: bool, b0_tilt: float, phase_units: str, seed: int,
-                     progress=None) -> None:
+                     t1w: bool = False, progress=None) -> None:
     """Write the whole dataset into ``out`` (an empty folder)."""
     from ..sim import bids as B
-    from ..sim.forward import simulate_gre
+    from ..sim.forward import simulate_gre, t1w_image
     from ..sim.phantom import make_head
 
     vs = float(settings["voxel_size"])
@@ -135,6 +136,13 @@ def simulate_dataset(out: Path, settings: dict, *, lesions: bool, b0_tilt: float
                                            lesions=lesions, voxel_size=head_vs), vs)
         for j in range(n_ses):
             ses = f"{j + 1:02d}" if n_ses > 1 else None
+            if t1w:
+                t1_affine = np.array(head.affine, dtype=np.float64)
+                t1_affine[:3, :3] = rot @ t1_affine[:3, :3]
+                t1_affine[:3, 3] = rot @ t1_affine[:3, 3]
+                B.write_t1w(out, sub, image=t1w_image(head.m0, head.r1, seed=seed * 7919 + i * 31 + j),
+                            affine=t1_affine, field_strength=settings["field_strength"], inversion_time=0.9,
+                            repetition_time=2.3, ses=ses)
             for r in range(n_run):
                 run = r + 1 if n_run > 1 else None
                 gre = simulate_gre(
@@ -223,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         simulate_dataset(tmp, settings, lesions=args.lesions, b0_tilt=args.b0_tilt,
-                         phase_units=args.phase_units, seed=args.seed, progress=progress)
+                         phase_units=args.phase_units, seed=args.seed, t1w=args.t1w, progress=progress)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+from concurrent.futures import ThreadPoolExecutor
 import io
 import json
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "write_dataset_description",
     "write_participants",
     "write_megre_run",
+    "write_t1w",
     "write_ground_truth",
 ]
 
@@ -79,11 +81,17 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
     raw = img.to_bytes()
     if path.name.endswith(".gz"):
         buf = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=1) as gz:
             gz.write(raw)
         raw = buf.getvalue()
     path.write_bytes(raw)
     return path
+
+
+def _save_all(jobs: Sequence[tuple[Path, np.ndarray, np.ndarray, Any]]) -> list[Path]:
+    """Save several images at once: gzip compression releases the GIL, so threads use every core."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda job: save_nifti(job[0], job[1], job[2], dtype=job[3]), jobs))
 
 
 def write_json(path: str | os.PathLike, content: Mapping[str, Any]) -> Path:
@@ -160,7 +168,7 @@ def write_megre_run(
         raise ValueError(f"phase_units: expected 'rad' or 'arbitrary', got {phase_units!r}")
     d = _subdir(Path(root), sub, ses)
     prefix = entities_prefix(sub, ses, acq, run)
-    out = []
+    jobs = []
     for i, t in enumerate(te, start=1):
         common = {
             "EchoTime": t,
@@ -178,13 +186,34 @@ def write_megre_run(
         for part, data in (("mag", mag[i - 1]), ("phase", ph[i - 1])):
             stem = d / f"{prefix}_echo-{i}_part-{part}_MEGRE"
             dtype = np.int16 if (part == "phase" and phase_units == "arbitrary") else np.float32
-            out.append(save_nifti(f"{stem}.nii.gz", data, affine, dtype=dtype))
+            jobs.append((Path(f"{stem}.nii.gz"), data, affine, dtype))
             side = dict(common)
             side["ImageType"] = ["ORIGINAL", "PRIMARY", "M" if part == "mag" else "P"]
             if part == "phase":
                 side["Units"] = phase_units
             write_json(f"{stem}.json", side)
-    return out
+    return _save_all(jobs)
+
+
+def write_t1w(
+    root: str | os.PathLike,
+    sub: str,
+    *,
+    image: np.ndarray,
+    affine: np.ndarray,
+    field_strength: float,
+    inversion_time: float,
+    repetition_time: float,
+    ses: str | None = None,
+) -> Path:
+    """Write ``sub-<l>[_ses-<s>]_T1w.nii.gz`` and its sidecar."""
+    stem = _subdir(Path(root), sub, ses) / f"{entities_prefix(sub, ses)}_T1w"
+    write_json(f"{stem}.json", {
+        "MagneticFieldStrength": float(field_strength), "InversionTime": float(inversion_time),
+        "RepetitionTime": float(repetition_time), "Manufacturer": "qsmbids-sim", "MRAcquisitionType": "3D",
+        "PulseSequenceType": "MPRAGE",
+    })
+    return save_nifti(f"{stem}.nii.gz", image, affine, dtype=np.float32)
 
 
 def write_ground_truth(
@@ -215,19 +244,18 @@ def write_ground_truth(
     d = _subdir(deriv, sub, ses)
     prefix = entities_prefix(sub, ses, acq, run)
     sources = [f"bids:raw:{f}" for f in raw_files]
-    out = []
-    out.append(save_nifti(d / f"{prefix}_Chimap.nii.gz", chi, affine, dtype=np.float32))
+    jobs = [(d / f"{prefix}_Chimap.nii.gz", chi, affine, np.float32)]
     write_json(d / f"{prefix}_Chimap.json", {"Units": "ppm", "SkullStripped": False, "Sources": sources,
                                               "Description": "ground-truth magnetic susceptibility (relative to CSF)"})
-    out.append(save_nifti(d / f"{prefix}_desc-brain_mask.nii.gz", brain_mask, affine, dtype=np.uint8))
+    jobs.append((d / f"{prefix}_desc-brain_mask.nii.gz", brain_mask, affine, np.uint8))
     write_json(d / f"{prefix}_desc-brain_mask.json", {"Type": "Brain", "Sources": sources})
-    out.append(save_nifti(d / f"{prefix}_dseg.nii.gz", labels, affine, dtype=np.int16))
+    jobs.append((d / f"{prefix}_dseg.nii.gz", labels, affine, np.int16))
     rows = [{"index": r["index"], "name": r["name"]} for r in label_rows]
     write_tsv(d / f"{prefix}_dseg.tsv", rows, ["index", "name"])
     for desc, data in (("total", total_field_ppm), ("local", local_field_ppm)):
-        out.append(save_nifti(d / f"{prefix}_desc-{desc}_fieldmap.nii.gz", data, affine, dtype=np.float32))
+        jobs.append((d / f"{prefix}_desc-{desc}_fieldmap.nii.gz", data, affine, np.float32))
         write_json(d / f"{prefix}_desc-{desc}_fieldmap.json", {
             "Units": "ppm", "Sources": sources,
             "Description": f"ground-truth {desc} field, relative field perturbation dB/B0",
         })
-    return out
+    return _save_all(jobs)

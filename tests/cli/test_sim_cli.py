@@ -117,3 +117,22 @@ def test_console_script_usage_error_is_one_line(tmp_path):
         pytest.skip("qsmbids-sim console script not installed (pip install -e .)")
     proc = subprocess.run([exe, str(tmp_path / "x"), "--snr", "0"], capture_output=True, text=True, check=False)
     assert proc.returncode == 64 and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(VALIDATOR is None, reason="bids-validator-deno is a test dependency; install .[test]")
+def test_sessions_t1w_lesions_arbitrary_units_validator_clean(tmp_path):
+    out = tmp_path / "ds"
+    assert main([str(out), "--preset", "test", "--sessions", "2", "--runs", "2", "--t1w", "--lesions",
+                 "--phase-units", "arbitrary"]) == 0
+    anat = out / "sub-01" / "ses-02" / "anat"
+    assert (anat / "sub-01_ses-02_T1w.nii.gz").exists()
+    ph = nib.load(anat / "sub-01_ses-02_run-2_echo-1_part-phase_MEGRE.nii.gz")
+    assert ph.get_data_dtype() == np.int16
+    assert json.loads((anat / "sub-01_ses-02_run-2_echo-1_part-phase_MEGRE.json").read_text())["Units"] == "arbitrary"
+    tsv = (out / "derivatives/qsmbids-sim/sub-01/ses-02/anat/sub-01_ses-02_run-2_dseg.tsv").read_text()
+    assert "calcification" in tsv and "haemorrhage" in tsv
+    for path in (out, out / "derivatives" / "qsmbids-sim"):
+        proc = subprocess.run([VALIDATOR, str(path), "--json"], capture_output=True, text=True, timeout=300,
+                              check=False)
+        errors = [i for i in json.loads(proc.stdout)["issues"]["issues"] if i["severity"] == "error"]
+        assert errors == [], errors[:3]
