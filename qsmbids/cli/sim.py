@@ -29,10 +29,10 @@ from .exit_codes import EX_CANTCREAT, EX_USAGE
 PRESETS: dict[str, dict] = {
     # realistic: 1 mm, 5 echoes at 3 T
     "demo": {"voxel_size": 1.0, "echo_times": [4.0, 8.0, 12.0, 16.0, 20.0], "field_strength": 3.0, "snr": 100.0,
-             "subjects": 1, "sessions": 1, "runs": 1},
+             "subjects": 1, "sessions": 1, "runs": 1, "head_voxel_size": 1.0},
     # small and fast, for tests
     "test": {"voxel_size": 3.0, "echo_times": [4.0, 8.0, 12.0], "field_strength": 3.0, "snr": 100.0,
-             "subjects": 1, "sessions": 1, "runs": 1},
+             "subjects": 1, "sessions": 1, "runs": 1, "head_voxel_size": 3.0},
 }
 
 
@@ -73,6 +73,9 @@ def _settings(args: argparse.Namespace) -> dict:
         v = getattr(args, key)
         if v is not None:
             s[key] = v
+    if args.voxel_size is not None:
+        # the head (and its field) is built on a grid at least as fine as the output: 1 mm, or 2 mm for ≥ 2 mm
+        s["head_voxel_size"] = 1.0 if args.voxel_size < 2.0 else 2.0
     for key in ("subjects", "sessions", "runs"):
         if s[key] < 1:
             raise _UsageError(f"--{key}: expected a positive number, got {s[key]}")
@@ -111,7 +114,7 @@ def simulate_dataset(out: Path, settings: dict, *, lesions: bool, b0_tilt: float
     from ..sim.phantom import make_head
 
     vs = float(settings["voxel_size"])
-    head_vs = 1.0 if vs < 2.0 else 2.0
+    head_vs = float(settings["head_voxel_size"])
     te_s = [t / 1000.0 for t in settings["echo_times"]]
     tilt = math.radians(b0_tilt)
     b0_dir = (0.0, math.sin(tilt), math.cos(tilt))
