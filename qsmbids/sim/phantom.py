@@ -55,6 +55,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..qsm._utils import check_positive
+
 __all__ = ["GRID_BOX_MM", "LABEL_NAMES", "HeadModel", "make_head"]
 
 # label -> (name, chi ppm, M0, R1 1/s @3T, R2* 1/s @3T)
@@ -281,12 +283,7 @@ def make_head(seed: int = 0, *, field_strength: float = 3.0, lesions: bool = Fal
         raise ValueError(f"voxel_size: expected an isotropic size in mm (0.3–5), got {voxel_size!r}") from exc
     if not (math.isfinite(vs) and 0.3 <= vs <= 5.0):
         raise ValueError(f"voxel_size: expected an isotropic size in mm within 0.3–5, got {voxel_size!r}")
-    try:
-        b0 = float(field_strength)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"field_strength: expected a positive number (T), got {field_strength!r}") from exc
-    if not (math.isfinite(b0) and b0 > 0):
-        raise ValueError(f"field_strength: expected a positive number (T), got {field_strength!r}")
+    b0 = check_positive(field_strength, "field_strength")
     for name, val in (("jitter", jitter), ("texture_ppm", texture_ppm)):
         if not (math.isfinite(float(val)) and float(val) >= 0):
             raise ValueError(f"{name}: expected a non-negative finite number, got {val!r}")
