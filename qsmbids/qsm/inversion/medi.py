@@ -18,6 +18,7 @@ from .._utils import as_real, check_finite, check_positive, check_same_shape, nu
 from ..fourier import gradient, pad, smv_kernel
 from ..phase import GAMMA_BAR
 from ._common import SolverInfo, prepare
+from .direct import half_spectrum
 from .tgv import _diff_bwd, _diff_fwd
 
 __all__ = ["PHASE_SCALE_DEFAULT", "edge_mask", "medi"]
@@ -47,12 +48,6 @@ def _weighted_laplacian(v: Tensor, V: Tensor, vs: Sequence[float], s1: Tensor, s
         u = _diff_fwd(v, i, s1).mul_(V[i])
         out.sub_(_diff_bwd(u, i, s2), alpha=1.0 / vs[i] ** 2)
     return out
-
-
-def _half(kernel: Tensor) -> Tensor:
-    """The rfft half (last axis 0..n//2) of a real, even full-grid k-space kernel."""
-    n = kernel.shape[-1]
-    return kernel[..., : n // 2 + 1].contiguous()
 
 
 def edge_mask(magnitude: Tensor, mask: Tensor, voxel_size: Sequence[float], edge_percentage: float = 0.9) -> Tensor:
@@ -191,7 +186,7 @@ def medi(
     f, m, shape, vs = prob.field, prob.mask, prob.shape, prob.voxel_size
     dtype, device = f.dtype, f.device
     mf = m.to(dtype)
-    D = _half(prob.D)
+    D = prob.D_half
     pairs = 0
 
     sigma2 = None
@@ -206,7 +201,7 @@ def medi(
 
     if smv_radius is not None:
         r = check_positive(smv_radius, "smv_radius")
-        S = _half(smv_kernel(shape, vs, r, device=device, dtype=dtype))
+        S = half_spectrum(smv_kernel(shape, vs, r, device=device, dtype=dtype)).contiguous()
         m = _rconv(mf, S, shape) > 0.999
         if not bool(m.any()):
             raise ValueError(f"smv_radius: {r} mm erodes the whole mask")

@@ -219,8 +219,7 @@ def tgv(
     if not bool(md.any()):
         raise ValueError(f"erosions: {erosions} erosions leave no voxel of the mask")
     md = md.to(dtype)
-    n = shape[-1]
-    D = prob.D[..., : n // 2 + 1].contiguous()
+    D = prob.D_half
     fm = f * md
 
     Dr = D.unsqueeze(-1)
