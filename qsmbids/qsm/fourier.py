@@ -224,15 +224,20 @@ def laplacian_kernel(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    half: bool = False,
 ) -> Tensor:
-    """k-space symbol of the periodic 7-point discrete Laplacian: Σᵢ (2cos(2π mᵢ/Nᵢ) − 2)/hᵢ² (≤ 0)."""
+    """k-space symbol of the periodic 7-point discrete Laplacian: Σᵢ (2cos(2π mᵢ/Nᵢ) − 2)/hᵢ² (≤ 0).
+
+    ``half=True`` returns only the ``rfftn`` half (last axis 0..n//2).
+    """
     vs = check_voxel_size(voxel_size)
     shape = tuple(int(s) for s in shape[-3:])
-    out = torch.zeros(shape, dtype=torch.float64, device=device)
+    out = torch.zeros((*shape[:2], shape[2] // 2 + 1) if half else shape, dtype=torch.float64, device=device)
     for axis, (n, h) in enumerate(zip(shape, vs)):
-        m = torch.fft.fftfreq(n, device=device, dtype=torch.float64)
+        freq = torch.fft.rfftfreq if (half and axis == 2) else torch.fft.fftfreq
+        m = freq(n, device=device, dtype=torch.float64)
         view = [1, 1, 1]
-        view[axis] = n
+        view[axis] = m.numel()
         out = out + ((2 * torch.cos(2 * math.pi * m) - 2) / h**2).reshape(view)
     return out.to(dtype)
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from .._utils import check_positive, numpy_io
 from ..fourier import laplacian_kernel
 from ._common import SolverInfo, prepare
-from .direct import RealFFT, half_spectrum
+from .direct import RealFFT
 
 __all__ = ["tv"]
 
@@ -94,8 +94,7 @@ def relative_update(x: Tensor, x_prev: Tensor) -> float:
 
 def neg_laplacian_half(shape: Sequence[int], voxel_size: Sequence[float], like: Tensor) -> Tensor:
     """|E(k)|² = −(symbol of the periodic 7-point Laplacian) on the rfft half grid (≥ 0)."""
-    L = laplacian_kernel(shape, voxel_size, device=like.device, dtype=like.dtype)
-    return half_spectrum(-L)
+    return laplacian_kernel(shape, voxel_size, device=like.device, dtype=like.dtype, half=True).neg_()
 
 
 @numpy_io
