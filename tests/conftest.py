@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network from nipype's version check in tests
 
 from qsmbids.qsm.phantoms import head_phantom
 
@@ -36,3 +40,13 @@ def head64():
 def head48_aniso():
     """48×48×32 head phantom with anisotropic 1×1×1.5 mm voxels."""
     return head_phantom((48, 48, 32), (1.0, 1.0, 1.5), seed=1)
+
+
+@pytest.fixture(scope="session")
+def sim_bids(tmp_path_factory):
+    """A ``qsmbids-sim --preset test`` dataset (3 mm, 3 echoes, 1 subject, ground truth); treat as read-only."""
+    from qsmbids.cli.sim import main as sim_main
+
+    out = tmp_path_factory.mktemp("sim") / "ds"
+    assert sim_main([str(out), "--preset", "test", "--seed", "3"]) == 0
+    return out

@@ -1,0 +1,399 @@
+"""Thin nipype interfaces over :mod:`qsmbids.qsm`: load NIfTI → call the numerics → save NIfTI + a meta JSON.
+
+Every stage reads the load-stage meta (echo times, field strength, B0 direction, voxel size), runs one function of
+the numerical core with the method and parameters it was given, and writes its outputs and a meta record (method,
+parameters, runtime, warnings, solver information) for the report and the derivative sidecars. ``num_threads`` and
+``device`` do not enter the node hash, so changing them never invalidates the work directory.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from .io import echoes_first, echoes_last, load_nifti, read_meta, save_nifti, write_meta
+
+__all__ = [
+    "BackgroundRemoval",
+    "BrainMask",
+    "CombineEchoes",
+    "DipoleInversion",
+    "Reference",
+    "Relaxometry",
+    "Swi",
+    "Unwrap",
+]
+
+
+class _StageInputSpec(BaseInterfaceInputSpec):
+    in_meta = File(exists=True, mandatory=True, desc="load-stage meta JSON")
+    method = traits.Str(mandatory=True, desc="method name")
+    params = traits.Dict(usedefault=True, desc="method parameters (keyword arguments of the qsm function)")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="torch threads")
+    device = traits.Enum("cpu", "cuda", "auto", usedefault=True, nohash=True, desc="torch device")
+
+
+class _Stage(SimpleInterface):
+    """Shared plumbing: threads, device, timing, meta record. Subclasses implement ``_compute``."""
+
+    stage = ""
+    label = ""
+
+    def _run_interface(self, runtime):
+        import torch
+
+        torch.set_num_threads(max(1, int(self.inputs.num_threads)))
+        t0 = time.perf_counter()
+        self._load_meta = read_meta(self.inputs.in_meta)["info"]
+        self._warnings: list[str] = []
+        info = self._compute() or {}
+        self._results["out_meta"] = write_meta(
+            f"{self.stage}_meta.json", stage=self.stage, label=self.label, method=self.inputs.method,
+            params=dict(self.inputs.params), runtime_s=time.perf_counter() - t0, warnings=self._warnings, info=info)
+        return runtime
+
+    # helpers ------------------------------------------------------------------------------------------------
+    @property
+    def voxel_size(self) -> tuple[float, float, float]:
+        return tuple(self._load_meta["voxel_size_mm"])
+
+    @property
+    def b0_dir(self) -> tuple[float, float, float]:
+        return tuple(self._load_meta["b0_direction"])
+
+    @property
+    def echo_times(self) -> list[float]:
+        return list(self._load_meta["echo_times_s"])
+
+    @property
+    def field_strength(self) -> float:
+        return float(self._load_meta["field_strength_t"])
+
+    def _device(self):
+        import torch
+
+        dev = self.inputs.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(dev)
+
+    def _tensor(self, x: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self._device())
+
+    @staticmethod
+    def _np(t) -> np.ndarray:
+        return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+    @staticmethod
+    def _mask(path: str) -> tuple[np.ndarray, object]:
+        data, img = load_nifti(path, dtype=np.float32)
+        return data > 0, img
+
+
+class _OutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="main output")
+    out_meta = File(exists=True, desc="stage meta JSON")
+
+
+# ------------------------------------------------------------------------------------------------------------
+class _MaskInputSpec(_StageInputSpec):
+    phase = File(exists=True, mandatory=True)
+    magnitude = File(exists=True)
+
+
+class BrainMask(_Stage):
+    """Brain mask (:func:`qsmbids.qsm.mask.brain_mask`) from magnitude and/or phase quality."""
+
+    input_spec = _MaskInputSpec
+    output_spec = _OutputSpec
+    stage, label = "mask", "Brain mask"
+
+    def _compute(self):
+        from ..qsm.mask import brain_mask
+
+        phase, img = load_nifti(self.inputs.phase)
+        mag = echoes_first(load_nifti(self.inputs.magnitude)[0]) if isdefined(self.inputs.magnitude) else None
+        method = self.inputs.method
+        if mag is None and method != "quality":
+            self._warnings.append(f"no magnitude: mask method '{method}' replaced by 'quality'")
+            method = "quality"
+        m = brain_mask(mag, echoes_first(phase), self.echo_times, self.voxel_size, method=method,
+                       **self.inputs.params)
+        m = self._np(m).astype(np.uint8)
+        if not m.any():
+            raise ValueError(f"{self.inputs.phase}: the brain mask is empty")
+        self._results["out_file"] = save_nifti(m, img, "brain_mask.nii.gz", dtype=np.uint8)
+        return {"volume_ml": float(m.sum() * np.prod(self.voxel_size) / 1000.0), "voxels": int(m.sum()),
+                "method_used": method}
+
+
+# ------------------------------------------------------------------------------------------------------------
+class _UnwrapInputSpec(_StageInputSpec):
+    phase = File(exists=True, mandatory=True)
+    magnitude = File(exists=True)
+    mask = File(exists=True, mandatory=True)
+
+
+class Unwrap(_Stage):
+    """Phase-offset removal (MCPC-3D-S) and spatial + temporal unwrapping of every echo.
+
+    ``params`` may hold ``offset`` ("mcpc3ds"/"none"), ``bipolar``, ``sigma_mm`` and ``template``
+    (:func:`qsmbids.qsm.echoes.combine_echoes`); the fit made there is discarded, the combine stage does its own.
+    """
+
+    input_spec = _UnwrapInputSpec
+    output_spec = _OutputSpec
+    stage, label = "unwrap", "Phase unwrapping"
+
+    def _compute(self):
+        from ..qsm.echoes import combine_echoes
+
+        phase, img = load_nifti(self.inputs.phase)
+        mag = echoes_first(load_nifti(self.inputs.magnitude)[0]) if isdefined(self.inputs.magnitude) else None
+        mask, _ = self._mask(self.inputs.mask)
+        params = dict(self.inputs.params)
+        n = phase.shape[3] if phase.ndim == 4 else 1
+        if n < 2 and params.get("offset", "mcpc3ds") != "none":
+            self._warnings.append("single echo: no MCPC-3D-S phase-offset removal")
+            params["offset"] = "none"
+        fit = combine_echoes(self._tensor(echoes_first(phase)), None if mag is None else self._tensor(mag),
+                             self.echo_times, self._tensor(mask), voxel_size=self.voxel_size,
+                             unwrapper=self.inputs.method, **params)
+        unwrapped = self._np(fit.unwrapped)
+        self._results["out_file"] = save_nifti(echoes_last(unwrapped), img, "phase_unwrapped.nii.gz")
+        return {"offset": params.get("offset", "mcpc3ds")}
+
+
+# ------------------------------------------------------------------------------------------------------------
+class _CombineInputSpec(_StageInputSpec):
+    phase = File(exists=True, mandatory=True, desc="unwrapped 4-D phase")
+    magnitude = File(exists=True)
+    mask = File(exists=True, mandatory=True)
+
+
+class _CombineOutputSpec(_OutputSpec):
+    noise = File(exists=True, desc="standard deviation of the field (Hz)")
+
+
+class CombineEchoes(_Stage):
+    """Total field (Hz) by weighted least squares over echoes (:func:`qsmbids.qsm.echoes.fit_field`)."""
+
+    input_spec = _CombineInputSpec
+    output_spec = _CombineOutputSpec
+    stage, label = "combine", "Echo combination"
+
+    def _compute(self):
+        from ..qsm.echoes import fit_field
+
+        phase, img = load_nifti(self.inputs.phase)
+        mag = echoes_first(load_nifti(self.inputs.magnitude)[0]) if isdefined(self.inputs.magnitude) else None
+        mask, _ = self._mask(self.inputs.mask)
+        fit = fit_field(self._tensor(echoes_first(phase)), self.echo_times, None if mag is None else self._tensor(mag),
+                        self._tensor(mask), weighting=self.inputs.method, **self.inputs.params)
+        field = self._np(fit.field_hz)
+        noise = self._np(fit.noise)
+        noise = np.where(np.isfinite(noise), noise, 0)
+        self._results["out_file"] = save_nifti(field, img, "total_field_hz.nii.gz")
+        self._results["noise"] = save_nifti(noise, img, "field_noise_hz.nii.gz")
+        inside = field[mask]
+        return {"field_hz_p1": float(np.percentile(inside, 1)), "field_hz_p99": float(np.percentile(inside, 99)),
+                "residual_rad_median": float(np.median(self._np(fit.residual)[mask]))}
+
+
+# ------------------------------------------------------------------------------------------------------------
+class _BgInputSpec(_StageInputSpec):
+    field = File(exists=True, mandatory=True, desc="total field (Hz)")
+    mask = File(exists=True, mandatory=True)
+
+
+class _BgOutputSpec(_OutputSpec):
+    out_mask = File(exists=True, desc="mask of valid local field (eroded)")
+
+
+class BackgroundRemoval(_Stage):
+    """Local field (ppm) from the total field (:func:`qsmbids.qsm.background.remove_background`)."""
+
+    input_spec = _BgInputSpec
+    output_spec = _BgOutputSpec
+    stage, label = "bgremove", "Background field removal"
+
+    def _compute(self):
+        from ..qsm.background import remove_background
+        from ..qsm.phase import hz_to_ppm
+
+        field, img = load_nifti(self.inputs.field)
+        mask, _ = self._mask(self.inputs.mask)
+        ppm = hz_to_ppm(self._tensor(field), self.field_strength)
+        res = remove_background(ppm, self._tensor(mask), self.voxel_size, self.b0_dir, method=self.inputs.method,
+                                **self.inputs.params)
+        local = self._np(res.local_field)
+        m = self._np(res.mask).astype(np.uint8)
+        if not m.any():
+            raise ValueError(f"{self.inputs.mask}: nothing of the mask is left after background removal "
+                             "(mask too small for the kernel radius)")
+        self._results["out_file"] = save_nifti(local * (m > 0), img, "local_field_ppm.nii.gz")
+        self._results["out_mask"] = save_nifti(m, img, "local_mask.nii.gz", dtype=np.uint8)
+        kept = float(m.sum()) / max(1.0, float(mask.sum()))
+        if kept < 0.7:
+            self._warnings.append(f"background removal kept only {100 * kept:.0f} % of the brain mask")
+        return {"mask_kept_fraction": kept, "local_field_ppm_std": float(local[m > 0].std())}
+
+
+# ------------------------------------------------------------------------------------------------------------
+class _InvInputSpec(_StageInputSpec):
+    field = File(exists=True, mandatory=True, desc="local field (ppm)")
+    mask = File(exists=True, mandatory=True)
+    magnitude = File(exists=True, desc="4-D magnitude (MEDI edge weights)")
+
+
+class DipoleInversion(_Stage):
+    """Susceptibility (ppm, not yet referenced) by :func:`qsmbids.qsm.inversion.invert`."""
+
+    input_spec = _InvInputSpec
+    output_spec = _OutputSpec
+    stage, label = "invert", "Dipole inversion"
+
+    def _compute(self):
+        from ..qsm.inversion import invert
+
+        field, img = load_nifti(self.inputs.field)
+        mask, _ = self._mask(self.inputs.mask)
+        params = dict(self.inputs.params)
+        if self.inputs.method == "medi":
+            if not isdefined(self.inputs.magnitude):
+                raise ValueError("MEDI needs the magnitude images")
+            mag = load_nifti(self.inputs.magnitude)[0]
+            params["magnitude"] = self._tensor(np.sqrt((mag.reshape(*mag.shape[:3], -1) ** 2).sum(-1)))
+        chi, info = invert(self._tensor(field), self._tensor(mask), self.voxel_size, self.b0_dir,
+                           method=self.inputs.method, return_info=True, **params)
+        chi = self._np(chi) * mask
+        self._results["out_file"] = save_nifti(chi, img, "chi_ppm.nii.gz")
+        out = {"iterations": info.iterations, "converged": info.converged, "fft_pairs": info.fft_pairs}
+        if info.residual is not None:
+            out["residual"] = float(info.residual)
+        if info.converged is False:
+            self._warnings.append(f"{self.inputs.method} stopped after {info.iterations} iterations without "
+                                  "reaching its tolerance")
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+class _RefInputSpec(_StageInputSpec):
+    chi = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    magnitude = File(exists=True, desc="4-D magnitude (for the automatic CSF mask)")
+
+
+class Reference(_Stage):
+    """Referencing (:func:`qsmbids.qsm.reference.reference`): mean of the mask, automatic CSF, or none."""
+
+    input_spec = _RefInputSpec
+    output_spec = _OutputSpec
+    stage, label = "reference", "Referencing"
+
+    def _compute(self):
+        from ..qsm.reference import csf_mask, reference
+        from ..qsm.relax import r2star_map
+
+        chi, img = load_nifti(self.inputs.chi)
+        mask, _ = self._mask(self.inputs.mask)
+        kw = dict(self.inputs.params)
+        method = self.inputs.method
+        if method == "csf":
+            if not isdefined(self.inputs.magnitude) or len(self.echo_times) < 2:
+                raise ValueError("CSF referencing needs magnitude images of at least 2 echoes")
+            mag = echoes_first(load_nifti(self.inputs.magnitude)[0])
+            r2s = r2star_map(mag, self.echo_times, mask)
+            scale = self.field_strength / 3.0
+            kw["csf_mask"] = csf_mask(r2s, mask, voxel_size=self.voxel_size, threshold=5.0 * scale)
+        out, ref = reference(chi, mask, method=method, **kw)
+        self._results["out_file"] = save_nifti(self._np(out) * mask, img, "chimap_ppm.nii.gz")
+        return {"reference_ppm": float(self._np(ref))}
+
+
+# ------------------------------------------------------------------------------------------------------------
+class _RelaxInputSpec(_StageInputSpec):
+    magnitude = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+
+
+class _RelaxOutputSpec(TraitedSpec):
+    r2star = File(exists=True, desc="R2* (1/s)")
+    t2star = File(exists=True, desc="T2* (s)")
+    out_meta = File(exists=True)
+
+
+class Relaxometry(_Stage):
+    """R2* (1/s) and T2* (s) maps from the multi-echo magnitude (:mod:`qsmbids.qsm.relax`)."""
+
+    input_spec = _RelaxInputSpec
+    output_spec = _RelaxOutputSpec
+    stage, label = "relax", "R2*/T2* mapping"
+
+    def _compute(self):
+        from ..qsm.relax import r2star_map, t2star
+
+        mag, img = load_nifti(self.inputs.magnitude)
+        mask, _ = self._mask(self.inputs.mask)
+        r2s = r2star_map(self._tensor(echoes_first(mag)), self.echo_times, self._tensor(mask),
+                         method=self.inputs.method, **self.inputs.params)
+        t2s = self._np(t2star(r2s)) * mask
+        r2s = self._np(r2s) * mask
+        self._results["r2star"] = save_nifti(r2s, img, "r2star.nii.gz")
+        self._results["t2star"] = save_nifti(np.where(np.isfinite(t2s), t2s, 0), img, "t2star.nii.gz")
+        return {"r2star_median": float(np.median(r2s[mask]))}
+
+
+# ------------------------------------------------------------------------------------------------------------
+class _SwiInputSpec(_StageInputSpec):
+    magnitude = File(exists=True, mandatory=True)
+    phase = File(exists=True, mandatory=True, desc="wrapped 4-D phase (rad)")
+    mask = File(exists=True, mandatory=True)
+
+
+class _SwiOutputSpec(TraitedSpec):
+    swi = File(exists=True)
+    minip = File(exists=True)
+    out_meta = File(exists=True)
+
+
+class Swi(_Stage):
+    """SWI (Haacke 2004) of the echo nearest to TE = 20 ms × 3 T / B0, and its sliding minimum-intensity projection.
+
+    ``params``: ``filter_size_mm``, ``power`` (to :func:`qsmbids.qsm.swi.swi`) and ``slab_mm`` (to
+    :func:`qsmbids.qsm.swi.minip`, along the slice axis).
+    """
+
+    input_spec = _SwiInputSpec
+    output_spec = _SwiOutputSpec
+    stage, label = "swi", "SWI and minIP"
+
+    def _compute(self):
+        from ..qsm.swi import minip, swi
+
+        mag, img = load_nifti(self.inputs.magnitude)
+        phase, _ = load_nifti(self.inputs.phase)
+        mask, _ = self._mask(self.inputs.mask)
+        tes = np.asarray(self.echo_times)
+        target = 0.020 * 3.0 / self.field_strength
+        e = int(np.argmin(np.abs(tes - target)))
+        params = dict(self.inputs.params)
+        slab = float(params.pop("slab_mm", 8.0))
+        image = swi(self._tensor(echoes_first(mag)[e]), self._tensor(echoes_first(phase)[e]), self._tensor(mask),
+                    voxel_size=self.voxel_size, **params)
+        image = self._np(image)
+        mip = self._np(minip(image, self.voxel_size, slab_mm=slab, axis=2))
+        self._results["swi"] = save_nifti(image, img, "swi.nii.gz")
+        self._results["minip"] = save_nifti(mip, img, "minip.nii.gz")
+        return {"echo_index": e, "echo_time_s": float(tes[e]), "slab_mm": slab}

@@ -1,0 +1,345 @@
+"""Finding and checking the MEGRE runs of a BIDS dataset (pybids), before any workflow is built.
+
+Everything that can be wrong with the input is found here, up front, so that a bad dataset is refused with one line
+naming the file and the problem and a BIDS-Apps exit code, before a single derivative is written:
+:class:`InputError` carries the exit code (16 validation, 18 nothing matched, 65 bad data, 66 missing input).
+
+A run is the set of files sharing subject, session, acquisition, reconstruction and run entities: the phase (and,
+when present, the magnitude) of every echo, as one 3-D file per echo (``echo-<i>``) or one 4-D file holding all
+echoes. Single-echo ``T2starw`` data with ``part-phase`` are accepted too where the chosen methods allow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cli.exit_codes import EX_DATAERR, EX_NO_MATCH, EX_NOINPUT, EX_VALIDATION
+
+__all__ = ["GAMMA_BAR_MHZ_T", "InputError", "MegreRun", "collect_runs", "ground_truth_for", "validate_bids"]
+
+GAMMA_BAR_MHZ_T = 42.5774785178
+ENTITY_ORDER = ("subject", "session", "acquisition", "reconstruction", "run")
+SHORT = {"subject": "sub", "session": "ses", "acquisition": "acq", "reconstruction": "rec", "run": "run"}
+#: an echo time of this many seconds or more is surely in milliseconds (the longest GRE echoes are ~ 0.1 s)
+TE_MS_THRESHOLD = 0.2
+
+
+class InputError(Exception):
+    """A refusal of the input: ``code`` is the BIDS-Apps exit code, ``str(err)`` the one-line message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class MegreRun:
+    """One multi-echo GRE run: file paths per echo, echo times (s) and field strength (T)."""
+
+    entities: dict[str, str]
+    phase: tuple[str, ...]
+    magnitude: tuple[str, ...]
+    echo_times: tuple[float, ...]
+    field_strength: float
+    phase_units: str | None = None
+    truth: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def subject(self) -> str:
+        return self.entities["subject"]
+
+    @property
+    def name(self) -> str:
+        """``sub-01_ses-1_run-2``: the entities that tell this run apart."""
+        return "_".join(f"{SHORT[k]}-{self.entities[k]}" for k in ENTITY_ORDER if self.entities.get(k))
+
+    @property
+    def label(self) -> str:
+        """``sub-01 run-2`` for progress lines."""
+        return self.name.replace("_", " ")
+
+    @property
+    def source_files(self) -> list[str]:
+        return [*self.phase, *self.magnitude]
+
+    @property
+    def n_echoes(self) -> int:
+        return len(self.echo_times)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------------------
+def validate_bids(bids_dir: Path) -> None:
+    """Run ``bids-validator-deno`` on the raw dataset; errors → :class:`InputError` (16).
+
+    The first error is quoted in the message with its location and the count of the others; warnings are ignored.
+    """
+    exe = shutil.which("bids-validator-deno")
+    if exe is None:
+        raise InputError(EX_VALIDATION, "bids-validator-deno is not installed; install it or use --skip-bids-validation")
+    proc = subprocess.run([exe, "--json", str(bids_dir)], capture_output=True, text=True, timeout=600, check=False)
+    try:
+        report = json.loads(proc.stdout)
+        issues = report["issues"]["issues"]
+    except (ValueError, KeyError, TypeError):
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise InputError(EX_VALIDATION, f"{bids_dir}: BIDS validation failed ({tail[0]})") from None
+    errors = [i for i in issues if i.get("severity") == "error"]
+    if errors:
+        first = errors[0]
+        where = first.get("location") or ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InputError(EX_VALIDATION, f"{bids_dir}: not a valid BIDS dataset: {first.get('code')} {where}{more}; "
+                                        "fix it or use --skip-bids-validation")
+
+
+def check_bids_root(bids_dir: Path) -> None:
+    """Existence and a dataset_description.json: 66 when missing, 16 when not a BIDS dataset."""
+    if not bids_dir.exists():
+        raise InputError(EX_NOINPUT, f"{bids_dir}: the BIDS dataset folder does not exist")
+    if not bids_dir.is_dir():
+        raise InputError(EX_NOINPUT, f"{bids_dir}: not a folder")
+    desc = bids_dir / "dataset_description.json"
+    if not desc.is_file():
+        raise InputError(EX_VALIDATION, f"{desc}: missing; {bids_dir} is not a BIDS dataset")
+    try:
+        json.loads(desc.read_text())
+    except ValueError as err:
+        raise InputError(EX_VALIDATION, f"{desc}: not valid JSON ({err})") from None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# discovery
+# ------------------------------------------------------------------------------------------------------------
+def _layout(bids_dir: Path):
+    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+
+    indexer = BIDSLayoutIndexer(validate=False, ignore=["code", "derivatives", "sourcedata", "stimuli", "models",
+                                                        "work", re.compile(r"^\.")])
+    try:
+        return BIDSLayout(str(bids_dir), validate=False, indexer=indexer)
+    except Exception as err:  # noqa: BLE001 — pybids raises a zoo of errors on broken datasets
+        raise InputError(EX_VALIDATION, f"{bids_dir}: pybids cannot index the dataset ({err})") from None
+
+
+def collect_runs(
+    bids_dir: Path | str,
+    *,
+    participant_label: tuple[str, ...] | list[str] = (),
+    session_label: tuple[str, ...] | list[str] = (),
+    bids_filters: dict[str, Any] | None = None,
+    echo_times: tuple[float, ...] | None = None,
+    field_strength: float | None = None,
+    need_magnitude: bool = True,
+    min_echoes: int = 1,
+    ground_truth_dir: Path | str | None = None,
+    check_data: bool = True,
+) -> list[MegreRun]:
+    """Every MEGRE run matching the labels and filters, checked; raises :class:`InputError`.
+
+    ``bids_filters`` are pybids entity filters (as in fMRIPrep's ``--bids-filter-file``; a ``"megre"`` key is
+    honoured, otherwise the whole dict is used). ``echo_times`` (s) and ``field_strength`` (T) override the sidecars.
+    """
+    bids_dir = Path(bids_dir).absolute()
+    check_bids_root(bids_dir)
+    layout = _layout(bids_dir)
+    filters = dict((bids_filters or {}).get("megre", bids_filters or {}))
+    filters.pop("suffix", None)
+    filters.pop("part", None)
+    subjects = [s.removeprefix("sub-") for s in participant_label]
+    sessions = [s.removeprefix("ses-") for s in session_label]
+    all_subjects = set(layout.get_subjects())
+    if subjects:
+        missing = sorted(set(subjects) - all_subjects)
+        if missing:
+            raise InputError(EX_NO_MATCH, f"{bids_dir}: no subject {', '.join('sub-' + m for m in missing)} in the "
+                                          f"dataset (found: {', '.join(sorted(all_subjects)) or 'none'})")
+    query: dict[str, Any] = {"datatype": "anat", "part": "phase", "extension": [".nii", ".nii.gz"], **filters}
+    if subjects:
+        query["subject"] = subjects
+    if sessions:
+        query["session"] = sessions
+    try:
+        files = layout.get(suffix="MEGRE", **query) + layout.get(suffix="T2starw", **query)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(EX_NO_MATCH, f"--bids-filter-file: invalid filter ({err})") from None
+    if not files:
+        what = " ".join(filter(None, [
+            "sub-" + ",".join(subjects) if subjects else "", "ses-" + ",".join(sessions) if sessions else "",
+            json.dumps(filters) if filters else ""]))
+        raise InputError(EX_NO_MATCH, f"{bids_dir}: no multi-echo GRE phase images (anat/*_part-phase_MEGRE.nii[.gz])"
+                                      + (f" match {what}" if what else " found"))
+    groups: dict[tuple, list] = defaultdict(list)
+    for f in files:
+        ents = f.get_entities()
+        key = tuple(str(ents.get(k)) if ents.get(k) is not None else None for k in ENTITY_ORDER) + (ents["suffix"],)
+        groups[key].append(f)
+    truth_root = Path(ground_truth_dir) if ground_truth_dir else bids_dir / "derivatives" / "qsmbids-sim"
+    runs = []
+    for key in sorted(groups, key=lambda k: tuple(x or "" for x in k)):
+        run = _make_run(layout, key, groups[key], echo_times=echo_times, field_strength=field_strength,
+                        need_magnitude=need_magnitude, min_echoes=min_echoes)
+        truth = ground_truth_for(truth_root, run.entities) if truth_root.is_dir() else {}
+        if check_data:
+            _check_data(run)
+        runs.append(MegreRun(**{**run.__dict__, "truth": truth}))
+    return runs
+
+
+def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magnitude, min_echoes) -> MegreRun:
+    entities = {k: v for k, v in zip(ENTITY_ORDER, key[:-1], strict=True) if v is not None}
+    suffix = key[-1]
+    echoes = [f.get_entities().get("echo") for f in phase_files]
+    first = phase_files[0].path
+    if len(phase_files) > 1 and any(e is None for e in echoes):
+        raise InputError(EX_DATAERR, f"{first}: {len(phase_files)} phase files for one run but not all have an "
+                                     "echo- entity (4-D and 3-D files mixed?)")
+    phase_files = sorted(phase_files, key=lambda f: int(f.get_entities().get("echo") or 0))
+    mags = []
+    for f in phase_files:
+        ents = {k: v for k, v in f.get_entities().items() if k not in ("part", "extension")}
+        hits = [m for m in layout.get(**{**ents, "part": ["mag", "magnitude"]}, extension=[".nii", ".nii.gz"])]
+        mags.append(hits[0].path if hits else None)
+    have = [m is not None for m in mags]
+    if any(have) and not all(have):
+        missing = [p.path for p, h in zip(phase_files, have, strict=True) if not h]
+        raise InputError(EX_DATAERR, f"{missing[0]}: no matching part-mag image (echo counts of magnitude and phase "
+                                     "differ)")
+    if need_magnitude and not all(have):
+        raise InputError(EX_DATAERR, f"{first}: no magnitude images (part-mag) for this run, but the chosen methods "
+                                     "need them (choose e.g. --mask quality --combine uniform --inversion rts and "
+                                     "--outputs chimap mask fields)")
+    import nibabel as nib
+
+    phase_paths = tuple(f.path for f in phase_files)
+    shapes = []
+    for p in phase_paths + tuple(m for m in mags if m):
+        try:
+            img = nib.load(p)
+        except Exception as err:  # noqa: BLE001
+            raise InputError(EX_DATAERR, f"{p}: cannot read NIfTI header ({_short(err)})") from None
+        shapes.append((p, img.shape, img.affine))
+    ref_path, ref_shape, ref_aff = shapes[0]
+    four_d = len(phase_paths) == 1 and len(ref_shape) == 4 and ref_shape[3] > 1
+    for p, shape, aff in shapes:
+        if len(shape) not in (3, 4) or (len(shape) == 4 and not four_d and shape[3] != 1):
+            raise InputError(EX_DATAERR, f"{p}: expected a 3-D image per echo (or one 4-D image), got shape {shape}")
+        if shape[:3] != ref_shape[:3] or (four_d and shape != ref_shape):
+            raise InputError(EX_DATAERR, f"{p}: shape {shape} differs from {Path(ref_path).name} {ref_shape}")
+        if not np.allclose(aff, ref_aff, atol=1e-3):
+            raise InputError(EX_DATAERR, f"{p}: affine differs from {Path(ref_path).name} (magnitude and phase must "
+                                         "be on the same grid)")
+    if min(ref_shape[:3]) < 2:
+        raise InputError(EX_DATAERR, f"{ref_path}: a single-slice (2-D) image {ref_shape} cannot be processed in 3-D")
+    n_echoes = ref_shape[3] if four_d else len(phase_paths)
+
+    meta = layout.get_metadata(phase_paths[0])
+    warnings = []
+    if echo_times is not None:
+        tes = tuple(float(t) for t in echo_times)
+        if len(tes) != n_echoes:
+            raise InputError(EX_DATAERR, f"{phase_paths[0]}: --echo-times gives {len(tes)} values for {n_echoes} "
+                                         "echoes")
+    elif four_d:
+        te = meta.get("EchoTime")
+        if not isinstance(te, list) or len(te) != n_echoes:
+            raise InputError(EX_DATAERR, f"{phase_paths[0]}: 4-D multi-echo image needs EchoTime as a list of "
+                                         f"{n_echoes} values in its sidecar (or --echo-times)")
+        tes = tuple(float(t) for t in te)
+    else:
+        tes = []
+        for p in phase_paths:
+            te = layout.get_metadata(p).get("EchoTime")
+            if te is None:
+                raise InputError(EX_DATAERR, f"{_sidecar(p)}: EchoTime missing (give --echo-times in seconds)")
+            if not isinstance(te, (int, float)) or isinstance(te, bool) or not math.isfinite(te) or te <= 0:
+                raise InputError(EX_DATAERR, f"{_sidecar(p)}: EchoTime must be a positive number of seconds, "
+                                             f"got {te!r}")
+            tes.append(float(te))
+        tes = tuple(tes)
+    if any(t >= TE_MS_THRESHOLD for t in tes):
+        raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: EchoTime {max(tes):g} looks like milliseconds; "
+                                     "BIDS wants seconds (fix the sidecars or give --echo-times in seconds)")
+    if any(b <= a for a, b in zip(tes, tes[1:])):
+        raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: echo times {list(tes)} are not increasing")
+    if n_echoes < min_echoes:
+        raise InputError(EX_DATAERR, f"{phase_paths[0]}: {n_echoes} echo(es), but the chosen methods need at least "
+                                     f"{min_echoes}")
+
+    b0 = field_strength if field_strength is not None else meta.get("MagneticFieldStrength")
+    if b0 is None and meta.get("ImagingFrequency"):
+        b0 = float(meta["ImagingFrequency"]) / GAMMA_BAR_MHZ_T
+        warnings.append(f"MagneticFieldStrength missing; {b0:.3f} T from ImagingFrequency")
+    if b0 is None:
+        raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: MagneticFieldStrength missing (give "
+                                     "--field-strength in tesla)")
+    if not isinstance(b0, (int, float)) or not (0 < float(b0) < 30):
+        raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: MagneticFieldStrength {b0!r} is not a field "
+                                     "strength in tesla")
+    return MegreRun(entities={**entities, "suffix": suffix} if suffix != "MEGRE" else entities,
+                    phase=phase_paths, magnitude=tuple(m for m in mags if m), echo_times=tes,
+                    field_strength=float(b0), phase_units=meta.get("Units"), warnings=tuple(warnings))
+
+
+def _check_data(run: MegreRun) -> None:
+    """Read every voxel once: truncated files, NaN/Inf, all-zero phase or magnitude → 65."""
+    import nibabel as nib
+
+    for p in run.source_files:
+        try:
+            data = np.asanyarray(nib.load(p).dataobj)
+        except Exception as err:  # noqa: BLE001
+            raise InputError(EX_DATAERR, f"{p}: corrupt or truncated NIfTI ({_short(err)})") from None
+        if data.size == 0:
+            raise InputError(EX_DATAERR, f"{p}: the image holds no voxels")
+        is_phase = p in run.phase
+        if np.issubdtype(data.dtype, np.floating):
+            finite = np.isfinite(data)
+            if not finite.all():
+                frac = 1 - finite.mean()
+                if is_phase and frac > 0.5:
+                    raise InputError(EX_DATAERR, f"{p}: {100 * frac:.0f} % of the phase voxels are NaN/Inf")
+            data = np.where(finite, data, 0)
+        if not np.any(data):
+            raise InputError(EX_DATAERR, f"{p}: all voxels are zero ({'phase' if is_phase else 'magnitude'})")
+
+
+def ground_truth_for(root: Path, entities: dict[str, str]) -> dict[str, str]:
+    """Ground-truth files (``chimap``, ``mask``, ``dseg``, ``dseg_tsv``) for a run, when a truth dataset has them."""
+    sub = entities["subject"]
+    folder = root / f"sub-{sub}"
+    if entities.get("session"):
+        folder = folder / f"ses-{entities['session']}"
+    folder = folder / "anat"
+    prefix = "_".join(f"{SHORT[k]}-{entities[k]}" for k in ENTITY_ORDER if entities.get(k))
+    found = {}
+    for key, name in (("chimap", "_Chimap.nii.gz"), ("mask", "_desc-brain_mask.nii.gz"), ("dseg", "_dseg.nii.gz"),
+                      ("dseg_tsv", "_dseg.tsv")):
+        p = folder / f"{prefix}{name}"
+        if p.is_file():
+            found[key] = str(p)
+    return found if {"chimap", "mask"} <= set(found) else {}
+
+
+def _sidecar(path: str) -> str:
+    p = str(path)
+    for ext in (".nii.gz", ".nii"):
+        if p.endswith(ext):
+            return p[: -len(ext)] + ".json"
+    return p
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:160] or type(err).__name__
