@@ -65,7 +65,9 @@ def _setup_logging(verbosity: int) -> None:
     from nipype import config as ncfg
     from nipype import logging as nlogging
 
-    level = {0: "WARNING", 1: "INFO"}.get(verbosity, "DEBUG")
+    # at default verbosity a crashed node is reported by qsmbids in one line naming its crash file, so nipype's
+    # own error log (with the traceback) is kept for -v
+    level = {0: "CRITICAL", 1: "INFO"}.get(verbosity, "DEBUG")
     ncfg.set("logging", "workflow_level", level)
     ncfg.set("logging", "interface_level", "WARNING" if verbosity < 2 else "DEBUG")
     nlogging.update_logging(ncfg)
@@ -110,6 +112,54 @@ def _preflight(settings):
     return runs
 
 
+def _param_targets(pr) -> dict[str, list]:
+    """Stage/method key of ``--param`` → the qsmbids.qsm functions that receive it (for the chosen methods)."""
+    from ..qsm import background, echoes, mask, reference, relax, swi
+    from ..qsm.inversion import get_method
+
+    stages = {
+        "mask": (pr.mask, [mask.brain_mask]),
+        "unwrap": (pr.unwrap, [echoes.combine_echoes]),
+        "combine": (pr.combine, [echoes.fit_field]),
+        "bgremove": (pr.bgremove, [getattr(background, pr.bgremove)]),
+        "inversion": (pr.inversion, [get_method(pr.inversion)]),
+        "reference": (pr.reference, [reference.reference]),
+        "relax": ("loglinear", [relax.r2star_loglinear]),
+        "swi": (None, [swi.swi, swi.minip]),
+    }
+    targets: dict[str, list] = {}
+    for stage, (method, fns) in stages.items():
+        targets.setdefault(stage, []).extend(fns)
+        if method:
+            targets.setdefault(method, []).extend(fns)
+    return targets
+
+
+def _check_params(pr) -> None:
+    """Every ``--param KEY.NAME`` must name a keyword of a function the run will call (else exit 64)."""
+    import inspect
+
+    if not pr.params:
+        return
+    targets = _param_targets(pr)
+    internal = {"magnitude", "return_info", "unwrapper", "weighting", "method", "voxel_size", "mask", "b0_dir"}
+    for key, values in dict(pr.params).items():
+        if key not in targets:
+            LOG.warning("--param %s.*: %s is not used by the chosen methods; ignored", key, key)
+            continue
+        for name in values:
+            accepted = set()
+            for fn in targets[key]:
+                sig = inspect.signature(fn)
+                accepted |= {n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY}
+            if key == "swi":
+                accepted.add("slab_mm")
+            accepted -= internal
+            if name not in accepted:
+                raise _Refusal(EX_USAGE, f"--param {key}.{name}: not a parameter of {key} (accepted: "
+                                         f"{', '.join(sorted(accepted)) or 'none'})")
+
+
 def _run_dict(run, bids_dir: Path) -> dict:
     import nibabel as nib
 
@@ -125,6 +175,7 @@ def _run_dict(run, bids_dir: Path) -> dict:
 def participant(settings) -> int:
     ex, perf, pr = settings.execution, settings.performance, settings.processing
     t_start = time.perf_counter()
+    _check_params(pr)
     runs = _preflight(settings)
     out, work = Path(ex.output_dir), Path(ex.work_dir)
     _check_output(out, "output folder")
@@ -251,10 +302,12 @@ def _execute(wf, settings, runs, omp: int) -> int:
         plugin_args["status_callback"] = callback
     try:
         wf.run(plugin=name, plugin_args=plugin_args)
-    except Exception as err:  # noqa: BLE001 — nipype: "Workflow did not execute cleanly" after listing crash files
+    except Exception:  # noqa: BLE001 — nipype: "Workflow did not execute cleanly", details in the crash files
         crashes = sorted(Path(settings.execution.output_dir).glob(f"sub-*/log/{settings.execution.run_uuid}/crash*"))
-        where = f"; crash files: {', '.join(str(c) for c in crashes[:3])}" if crashes else ""
-        print(f"qsmbids: error: processing failed ({' '.join(str(err).split())[:200]}){where}", file=sys.stderr)
+        nodes = sorted({c.name.split("-")[4] for c in crashes if c.name.count("-") >= 5})
+        what = f" in {', '.join(nodes)}" if nodes else ""
+        where = f"; see {crashes[0]}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else "") if crashes else ""
+        print(f"qsmbids: error: processing failed{what}{where}", file=sys.stderr)
         return EX_SOFTWARE
     return EX_OK
 

@@ -247,7 +247,7 @@ class SidecarMetadata(SimpleInterface):
                             "DipoleInversion": step("invert"),
                             "Reference": {**step("reference"),
                                           "Value": ref.get("info", {}).get("reference_ppm")}},
-            "r2star_meta": {"Units": "Hz", "Description": "R2* (1/s)", "EchoTime": load["echo_times_s"],
+            "r2star_meta": {"Units": "1/s", "Description": "R2*", "EchoTime": load["echo_times_s"],
                             **step("relax")},
             "t2star_meta": {"Units": "s", "Description": "T2*", "EchoTime": load["echo_times_s"], **step("relax")},
             "swi_meta": {"Units": "arbitrary", "Description": "susceptibility-weighted image",

@@ -63,7 +63,13 @@ def init_qsmbids_wf(
         sub_wf = init_single_subject_wf(subject=subject, runs=by_subject[subject], output_dir=output_dir,
                                         bids_root=bids_root, processing=processing, omp_nthreads=omp_nthreads,
                                         device=device)
-        sub_wf.config["execution"]["crashdump_dir"] = f"{output_dir}/sub-{subject}/log/{run_uuid}"
+        crash_dir = f"{output_dir}/sub-{subject}/log/{run_uuid}"
+        sub_wf.config["execution"]["crashdump_dir"] = crash_dir
+        # nipype merges only the top workflow's config into the nodes: set the crash folder on every node
+        for node in sub_wf._get_all_nodes():
+            cfg = dict(node.config or {})
+            cfg["execution"] = {**cfg.get("execution", {}), "crashdump_dir": crash_dir}
+            node.config = cfg
         wf.add_nodes([sub_wf])
     return wf
 

@@ -170,3 +170,29 @@ def test_cuda_requested_without_gpu(dataset, tmp_path, capsys):
     rc = _main([str(dataset), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"), "--device", "cuda",
                 "--boilerplate-only", "--skip-bids-validation"])
     assert rc == 64 and "no CUDA device" in capsys.readouterr().err
+
+
+def test_unknown_param_is_usage_error(dataset, tmp_path, capsys):
+    rc = _main([str(dataset), str(tmp_path / "out"), "participant", "--param", "medi.bogus=1",
+                "--skip-bids-validation"])
+    err = capsys.readouterr().err
+    assert rc == 64 and "--param medi.bogus" in err and "lambda_" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_node_crash_is_one_line_with_crash_file(sim_bids, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "qsmbids", str(sim_bids), str(out), "participant", "-w",
+                           str(tmp_path / "work"), "--inversion", "tkd", "--param", "tkd.threshold=-1",
+                           "--outputs", "chimap", "--skip-bids-validation", "--nprocs", "1"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 70
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "processing failed in invert" in lines[0] and "Traceback" not in proc.stderr
+    crashes = list(out.glob("sub-01/log/*/crash-*invert*.txt"))
+    assert len(crashes) == 1 and crashes[0].as_posix() in lines[0]
+    assert "threshold" in crashes[0].read_text()
+    assert not (out / "sub-01" / "anat").exists()

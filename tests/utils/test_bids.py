@@ -268,7 +268,7 @@ def test_field_strength_from_imaging_frequency(tmp_path):
     (run,) = collect_runs(root)
     assert run.field_strength == pytest.approx(297.0 / GAMMA_BAR_MHZ_T)
     assert run.field_strength == pytest.approx(6.9755, abs=1e-3)
-    assert len(run.warnings) == 1 and "ImagingFrequency" in run.warnings[0] and "6.975 T" in run.warnings[0]
+    assert len(run.warnings) == 1 and "ImagingFrequency" in run.warnings[0] and "6.976 T" in run.warnings[0]
 
 
 def test_field_strength_override(tmp_path):
