@@ -140,7 +140,10 @@ class LoadMegre(SimpleInterface):
         units = (self.inputs.phase_units or "").lower()
         detected = detect_phase_units(phase)
         lo, hi = float(phase.min()), float(phase.max())
-        if units in ("rad", "radian", "radians") and detected != "rad":
+        in_range = (lo >= -math.pi - 1e-3 and hi <= math.pi + 1e-3) or (lo >= -1e-3 and hi <= 2 * math.pi + 1e-3)
+        if units in ("rad", "radian", "radians") and in_range:
+            scaled = wrap(phase)  # trust the sidecar: a small span (masked or short-TE phase) is no reason to rescale
+        elif units in ("rad", "radian", "radians") and detected != "rad":
             if hi - lo > 2 * math.pi + 1e-2 and detected == "arbitrary":
                 warnings.append(f"phase values span {lo:.2f}..{hi:.2f} rad (> 2π): treated as unwrapped radians "
                                 "and wrapped again")

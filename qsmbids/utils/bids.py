@@ -62,7 +62,8 @@ class MegreRun:
     @property
     def name(self) -> str:
         """``sub-01_ses-1_run-2``: the entities that tell this run apart."""
-        return "_".join(f"{SHORT[k]}-{self.entities[k]}" for k in ENTITY_ORDER if self.entities.get(k))
+        name = "_".join(f"{SHORT[k]}-{self.entities[k]}" for k in ENTITY_ORDER if self.entities.get(k))
+        return name + (f"_{self.entities['suffix']}" if self.entities.get("suffix") else "")
 
     @property
     def label(self) -> str:
@@ -155,7 +156,11 @@ def collect_runs(
     bids_dir = Path(bids_dir).absolute()
     check_bids_root(bids_dir)
     layout = _layout(bids_dir)
-    filters = dict((bids_filters or {}).get("megre", bids_filters or {}))
+    raw_filters = dict(bids_filters or {})
+    if any(isinstance(v, dict) for v in raw_filters.values()):  # fMRIPrep style: one entry per kind of image
+        filters = dict(raw_filters.get("megre", {}))
+    else:
+        filters = raw_filters
     filters.pop("suffix", None)
     filters.pop("part", None)
     subjects = [s.removeprefix("sub-") for s in participant_label]
@@ -186,6 +191,14 @@ def collect_runs(
         ents = f.get_entities()
         key = tuple(str(ents.get(k)) if ents.get(k) is not None else None for k in ENTITY_ORDER) + (ents["suffix"],)
         groups[key].append(f)
+    seen: dict[tuple, str] = {}
+    for key in groups:
+        other = seen.setdefault(key[:-1], key[-1])
+        if other != key[-1]:
+            where = groups[key][0].path
+            raise InputError(EX_DATAERR, f"{where}: both {other} and {key[-1]} phase images share these entities, so "
+                                         "their outputs would have the same names; select one with "
+                                         "--bids-filter-file")
     truth_root = Path(ground_truth_dir) if ground_truth_dir else bids_dir / "derivatives" / "qsmbids-sim"
     runs = []
     for key in sorted(groups, key=lambda k: tuple(x or "" for x in k)):
@@ -199,6 +212,8 @@ def collect_runs(
 
 
 def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magnitude, min_echoes) -> MegreRun:
+    from bids.layout import Query
+
     entities = {k: v for k, v in zip(ENTITY_ORDER, key[:-1], strict=True) if v is not None}
     suffix = key[-1]
     echoes = [f.get_entities().get("echo") for f in phase_files]
@@ -210,7 +225,10 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
     mags = []
     for f in phase_files:
         ents = {k: v for k, v in f.get_entities().items() if k not in ("part", "extension")}
-        hits = [m for m in layout.get(**{**ents, "part": ["mag", "magnitude"]}, extension=[".nii", ".nii.gz"])]
+        # an entity the phase file lacks must be absent from its magnitude too (pybids: absent = no constraint)
+        absent = {k: Query.NONE for k in (*ENTITY_ORDER, "echo") if k not in ents}
+        hits = [m for m in layout.get(**{**ents, **absent, "part": ["mag", "magnitude"]},
+                                      extension=[".nii", ".nii.gz"])]
         mags.append(hits[0].path if hits else None)
     have = [m is not None for m in mags]
     if any(have) and not all(have):

@@ -69,7 +69,7 @@ def test_siemens_integer_phase(tmp_path):
     rng = np.random.default_rng(0)
     raw = rng.integers(-4096, 4096, SHAPE).astype(np.int16)
     raw[0, 0, :5] = [-4096, 4095, 2048, -2048, 0]
-    out, phase, meta = load(tmp_path, [raw], phase_units="arbitrary")
+    _out, phase, meta = load(tmp_path, [raw], phase_units="arbitrary")
     assert phase.shape == (*SHAPE, 1) and phase.dtype == np.float32
     np.testing.assert_allclose(phase[0, 0, :5, 0], [-math.pi, math.pi * 4095 / 4096, math.pi / 2, -math.pi / 2, 0],
                                atol=1e-6)
@@ -80,7 +80,7 @@ def test_siemens_integer_phase(tmp_path):
 def test_arbitrary_float_phase_scaled_min_to_max(tmp_path):
     rng = np.random.default_rng(1)
     raw = rng.uniform(-0.0037, 0.0037, SHAPE).astype(np.float32)
-    out, phase, meta = load(tmp_path, [raw], phase_units="arbitrary")
+    _out, phase, meta = load(tmp_path, [raw], phase_units="arbitrary")
     lo, hi = float(raw.min()), float(raw.max())
     expected = (raw.astype(float) - lo) / (hi - lo) * 2 * math.pi - math.pi
     assert angular_error(phase[..., 0], expected) < 1e-5
@@ -92,7 +92,7 @@ def test_arbitrary_float_phase_scaled_min_to_max(tmp_path):
 def test_radian_phase_kept(tmp_path):
     rng = np.random.default_rng(2)
     raw = rng.uniform(-math.pi, math.pi, SHAPE).astype(np.float32)
-    out, phase, meta = load(tmp_path, [raw], phase_units="rad")
+    _out, phase, meta = load(tmp_path, [raw], phase_units="rad")
     assert angular_error(phase[..., 0], raw) < 1e-6
     assert meta["info"]["phase_units"] == "rad" and meta["warnings"] == []
 
@@ -100,19 +100,16 @@ def test_radian_phase_kept(tmp_path):
 def test_unwrapped_radians_are_wrapped_again_with_warning(tmp_path):
     rng = np.random.default_rng(3)
     raw = rng.uniform(-10, 10, SHAPE).astype(np.float32)
-    out, phase, meta = load(tmp_path, [raw], phase_units="rad")
+    _out, phase, meta = load(tmp_path, [raw], phase_units="rad")
     assert in_wrapped_range(phase)
     assert angular_error(phase[..., 0], raw) < 1e-5  # same phase modulo 2π, not rescaled
     assert len(meta["warnings"]) == 1 and "wrapped again" in meta["warnings"][0]
 
 
-@pytest.mark.xfail(strict=True, reason="interfaces/io.py:143-151: with sidecar Units 'rad' and values inside [−π, π] "
-                   "spanning < 0.9·2π (e.g. masked or short-TE phase), detect_phase_units says 'arbitrary' and the "
-                   "phase is rescaled min..max to [−π, π) — a ×π error in the field; the sidecar should be trusted")
 def test_radian_phase_with_small_span_is_not_rescaled(tmp_path):
     rng = np.random.default_rng(4)
     raw = rng.uniform(-1.0, 1.0, SHAPE).astype(np.float32)
-    out, phase, meta = load(tmp_path, [raw], phase_units="rad")
+    _out, phase, _meta = load(tmp_path, [raw], phase_units="rad")
     np.testing.assert_allclose(phase[..., 0], raw, atol=1e-6)
 
 
@@ -120,7 +117,7 @@ def test_nan_phase_voxels_set_to_zero_with_warning(tmp_path):
     rng = np.random.default_rng(5)
     raw = rng.uniform(-math.pi, math.pi, SHAPE).astype(np.float32)
     raw[1, 2, 3], raw[4, 5, 6], raw[7, 7, 7] = np.nan, np.inf, -np.inf
-    out, phase, meta = load(tmp_path, [raw], phase_units="rad")
+    _out, phase, meta = load(tmp_path, [raw], phase_units="rad")
     assert np.isfinite(phase).all()
     assert phase[1, 2, 3, 0] == 0 and phase[4, 5, 6, 0] == 0 and phase[7, 7, 7, 0] == 0
     ok = np.isfinite(raw)
@@ -132,7 +129,7 @@ def test_nan_phase_voxels_set_to_zero_with_warning(tmp_path):
 # magnitude, echoes, B0 direction
 # ------------------------------------------------------------------------------------------------------------
 def test_without_magnitude_no_magnitude_output(tmp_path):
-    out, phase, meta = load(tmp_path, [np.random.default_rng(6).uniform(-3, 3, SHAPE).astype(np.float32)])
+    out, _phase, meta = load(tmp_path, [np.random.default_rng(6).uniform(-3, 3, SHAPE).astype(np.float32)])
     assert not isdefined(out.magnitude)
     assert not (tmp_path / "work" / "magnitude.nii.gz").exists()
     assert meta["info"]["has_magnitude"] is False
@@ -156,7 +153,7 @@ def test_magnitude_stacked_echoes_last(tmp_path):
 
 def test_one_4d_file_holds_all_echoes(tmp_path):
     raw = np.random.default_rng(8).uniform(-3, 3, (*SHAPE, 4)).astype(np.float32)
-    out, phase, meta = load(tmp_path, [raw], tes=[0.004, 0.008, 0.012, 0.016])
+    _out, phase, meta = load(tmp_path, [raw], tes=[0.004, 0.008, 0.012, 0.016])
     assert phase.shape == (*SHAPE, 4) and angular_error(phase, raw) < 1e-6
     assert meta["info"]["n_echoes"] == 4 and meta["info"]["echo_times_s"] == [0.004, 0.008, 0.012, 0.016]
 
@@ -182,7 +179,7 @@ def oblique_affine() -> np.ndarray:
 
 def test_b0_direction_auto_from_oblique_affine(tmp_path):
     aff = oblique_affine()
-    out, phase, meta = load(tmp_path, [np.random.default_rng(9).uniform(-3, 3, SHAPE).astype(np.float32)],
+    out, _phase, meta = load(tmp_path, [np.random.default_rng(9).uniform(-3, 3, SHAPE).astype(np.float32)],
                             affine=aff)
     expected = b0_direction_from_affine(aff)
     assert expected[2] < 0.99  # the test is pointless for an axial affine
@@ -203,7 +200,7 @@ def test_b0_direction_auto_from_oblique_affine(tmp_path):
     ([3.0, 0.0, 0.3], [3.0 / math.sqrt(9.09), 0.0, 0.3 / math.sqrt(9.09)], True),
 ])
 def test_b0_direction_explicit_is_normalised(tmp_path, vector, expected, warns):
-    out, phase, meta = load(tmp_path, [np.random.default_rng(10).uniform(-3, 3, SHAPE).astype(np.float32)],
+    _out, _phase, meta = load(tmp_path, [np.random.default_rng(10).uniform(-3, 3, SHAPE).astype(np.float32)],
                             b0_direction=vector)
     assert meta["info"]["b0_direction"] == pytest.approx(expected, abs=1e-6)
     assert meta["params"]["b0_direction"] == pytest.approx(expected, abs=1e-6)
@@ -214,7 +211,7 @@ def test_b0_direction_explicit_is_normalised(tmp_path, vector, expected, warns):
 def test_load_meta_record(tmp_path):
     rng = np.random.default_rng(11)
     sources = ["bids:raw:sub-01/ses-2/anat/sub-01_ses-2_run-1_echo-1_part-phase_MEGRE.nii.gz"]
-    out, phase, meta = load(tmp_path, [rng.uniform(-3, 3, SHAPE).astype(np.float32) for _ in range(2)],
+    out, _phase, meta = load(tmp_path, [rng.uniform(-3, 3, SHAPE).astype(np.float32) for _ in range(2)],
                             mags=[np.ones(SHAPE, np.float32)] * 2, tes=[0.004, 0.009],
                             entities={"subject": "01", "session": "2", "run": "1"}, sources=sources,
                             warnings=["MagneticFieldStrength missing; 3.000 T from ImagingFrequency"])

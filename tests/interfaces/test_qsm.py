@@ -115,6 +115,7 @@ def test_total_field_hz(chain, masks, sim_bids):
     truth = _data(str(Path(sim_bids) / "derivatives/qsmbids-sim/sub-01/anat/sub-01_desc-total_fieldmap.nii.gz"))
     truth_hz = truth * GAMMA_BAR * 3.0 * 1e-6
     assert np.corrcoef(inside, truth_hz[mask])[0, 1] > 0.9
+    assert np.median(np.abs(inside - truth_hz[mask])) < 2  # Hz, not rad or ppm
     noise = _data(chain.combine.noise)
     assert (noise >= 0).all() and np.median(noise[mask]) < 5
 
@@ -198,7 +199,7 @@ def test_sidecar_metadata(chain):
     assert sc.chimap_meta["Reference"] == {"Method": "mean", "Parameters": {}, "Value": ref}
     assert sc.mask_meta["Type"] == "Brain" and sc.mask_meta["Method"] == "combined"
     assert sc.r2star_meta["Method"] == sc.t2star_meta["Method"] == "loglinear"
-    assert sc.t2star_meta["Units"] == "s"
+    assert sc.r2star_meta["Units"] == "1/s" and sc.t2star_meta["Units"] == "s"
     assert sc.swi_meta["Method"] == "haacke" and sc.swi_meta["EchoTime"] == 0.012
     assert sc.minip_meta["SlabThickness"] == 8.0
     json.dumps([sc.mask_meta, sc.chimap_meta, sc.swi_meta])  # plain JSON for the sinks
@@ -232,7 +233,7 @@ def test_mask_without_magnitude_falls_back_to_quality(chain, masks):
     m = _data(out.out_file) > 0
     mask, _ = masks
     dice = 2 * (m & mask).sum() / (m.sum() + mask.sum())
-    assert dice > 0.7, dice
+    assert dice > 0.85, dice
 
 
 def test_medi_without_magnitude_raises(chain, tmp_path):

@@ -143,9 +143,6 @@ def test_magnitude_paired_with_its_own_run(sessions_tree):
         assert [p.replace("part-phase", "part-mag") for p in run.phase] == list(run.magnitude), run.name
 
 
-@pytest.mark.xfail(strict=True, reason="utils/bids.py:213 looks the magnitude up with the phase file's entities; "
-                   "an absent acq-/rec-/run- entity is not a constraint in pybids, so a run without acq- gets the "
-                   "magnitude of the acq- variant (sorted first)")
 def test_magnitude_of_run_without_acq_is_not_taken_from_acq_variant(tmp_path):
     root = make_dataset(tmp_path / "ds")
     write_run(root, seed=1)
@@ -157,15 +154,20 @@ def test_magnitude_of_run_without_acq_is_not_taken_from_acq_variant(tmp_path):
                                                       "sub-01_echo-2_part-mag_MEGRE.nii.gz"]
 
 
-@pytest.mark.xfail(strict=True, reason="MegreRun.name (utils/bids.py:64) leaves out the suffix: a MEGRE run and a "
-                   "T2starw run with the same entities get the same name (same workflow name, same outputs)")
-def test_run_names_are_unique_for_megre_and_t2starw(tmp_path):
+def test_megre_and_t2starw_with_the_same_entities_are_refused(tmp_path):
     root = make_dataset(tmp_path / "ds")
     write_run(root, seed=1)
     write_run(root, suffix="T2starw", echoes=1, echo_entity=False, magnitude=False, seed=2)
-    runs = collect_runs(root, need_magnitude=False)
-    assert len(runs) == 2
-    assert len(set(names(runs))) == 2, names(runs)
+    with pytest.raises(InputError) as err:
+        collect_runs(root, need_magnitude=False)
+    assert err.value.code == 65 and "same names" in str(err.value)
+
+
+def test_t2starw_run_name_carries_its_suffix(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    write_run(root, suffix="T2starw", echoes=1, echo_entity=False, magnitude=False, seed=2)
+    (run,) = collect_runs(root, need_magnitude=False)
+    assert run.name == "sub-01_T2starw"
 
 
 def test_echo_10_sorts_after_echo_2(tmp_path):
@@ -206,6 +208,10 @@ def test_participant_and_session_together(sessions_tree):
     ({"megre": {"acquisition": "fast"}}, ["sub-01_ses-1_acq-fast"]),
     ({"megre": {"subject": "02", "suffix": "T1w", "part": "mag"}}, ["sub-02_ses-1_run-1"]),  # suffix/part ignored
     ({"acquisition": None, "subject": "01", "session": "1"}, ["sub-01_ses-1_run-1", "sub-01_ses-1_run-2"]),
+    # an fMRIPrep filter file without a megre entry filters nothing here
+    ({"t1w": {"acquisition": "mprage"}, "bold": {"task": "rest"}},
+     ["sub-01_ses-1_acq-fast", "sub-01_ses-1_run-1", "sub-01_ses-1_run-2", "sub-01_ses-2_run-1",
+      "sub-01_ses-2_run-2", "sub-02_ses-1_run-1"]),
 ])
 def test_bids_filters(sessions_tree, filters, expected):
     assert sorted(names(collect_runs(sessions_tree, bids_filters=filters))) == expected
