@@ -40,6 +40,13 @@ HERE = Path(__file__).resolve().parent
 TARGETS = {"wall_s": 60.0, "peak_gb": 4.0}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 GB = 1024**3
+NOTES = [
+    ("rss_peak_gb: peak RSS (sampled) of the process while it ran in the node folder; it includes the worker's "
+     "baseline (Python, nipype, torch: about 0.35 GB) and what the worker kept from earlier nodes"),
+    ("mem_peak_gb: nipype's resource monitor (psutil: the process and all its children); for nodes run in the main "
+     "process (sinks, merges) that includes the MultiProc workers, so it is not the node's own memory"),
+    "ds_* sinks are always_run in niworkflows: they rerun on a warm rerun by design",
+]
 
 
 # ------------------------------------------------------------------------------------------------ /proc sampling
@@ -93,11 +100,14 @@ class TreeSampler(threading.Thread):
         self.peak_tree = self.peak_pss = self.peak_proc = 0
         self.max_procs = self.samples = 0
         self.nodes: dict[str, int] = {}  # node folder (relative to the work dir) -> peak RSS of the process in it
+        self.peak_at: dict = {}  # when the summed RSS peaked and what each process was running then
+        self.t0 = time.perf_counter()
 
     def run(self) -> None:
         while not self.stop.is_set():
             total = pss = 0
             pids = _tree(self.pid)
+            running = []
             for pid in pids:
                 try:
                     rss = _rss_bytes(pid)
@@ -110,6 +120,11 @@ class TreeSampler(threading.Thread):
                 if cwd.startswith(self.work):
                     rel = cwd[len(self.work):]
                     self.nodes[rel] = max(self.nodes.get(rel, 0), rss)
+                    running.append((rel.rsplit("/", 1)[-1], round(rss / GB, 2)))
+                else:
+                    running.append((None, round(rss / GB, 2)))
+            if total > self.peak_tree:
+                self.peak_at = {"t_s": round(time.perf_counter() - self.t0, 1), "processes": running}
             self.peak_tree, self.peak_pss = max(self.peak_tree, total), max(self.peak_pss, pss)
             self.max_procs, self.samples = max(self.max_procs, len(pids)), self.samples + 1
             self.stop.wait(self.interval)
@@ -149,7 +164,7 @@ def run_app(cmd: list[str], work: Path, env: dict, interval: float) -> dict:
         "peak_tree_gb": round(sampler.peak_tree / GB, 3), "peak_tree_pss_gb": round(sampler.peak_pss / GB, 3),
         "peak_proc_gb": round(sampler.peak_proc / GB, 3),
         "peak_proc_gb_kernel": round(ru.ru_maxrss * 1024 / GB, 3),  # exact, largest reaped descendant
-        "cpu_s": round(cpu, 1), "cpu_per_wall": round(cpu / wall, 2), "max_processes": sampler.max_procs,
+        "peak_tree_at": sampler.peak_at, "cpu_s": round(cpu, 1), "cpu_per_wall": round(cpu / wall, 2), "max_processes": sampler.max_procs,
         "samples": sampler.samples, "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "meets_target": proc.returncode == 0 and wall <= TARGETS["wall_s"] and peak <= TARGETS["peak_gb"],
@@ -216,14 +231,16 @@ def _machine() -> dict:
     import nipype
     import torch
 
-    mem = next((int(x.split()[1]) / 1024**2 for x in open("/proc/meminfo") if x.startswith("MemTotal")), None)
+    with open("/proc/meminfo") as fh:
+        mem = next((int(x.split()[1]) / 1024**2 for x in fh if x.startswith("MemTotal")), None)
     return {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
             "mem_total_gb": round(mem, 1) if mem else None, "machine": platform.machine(),
             "python": platform.python_version(), "nipype": nipype.__version__, "torch": torch.__version__}
 
 
 def _psutil_ok(env: dict) -> bool:
-    return subprocess.run([sys.executable, "-c", "import psutil"], env=env, capture_output=True).returncode == 0
+    probe = subprocess.run([sys.executable, "-c", "import psutil"], env=env, capture_output=True, check=False)
+    return probe.returncode == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         ds, sim_s = _dataset(data, preset)
         import nibabel as nib
 
-        first = sorted(ds.glob("sub-*/**/*_echo-1_part-phase_MEGRE.nii*"))[0]
+        first = min(ds.glob("sub-*/**/*_echo-1_part-phase_MEGRE.nii*"))
         shape = nib.load(first).shape[:3]
         n_echoes = len(list(first.parent.glob(first.name.replace("echo-1", "echo-*"))))
 
@@ -282,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             warm["rerun_sinks"] = len(rerun) - len(warm["recomputed_nodes"])
             results["warm"] = warm
         results["nodes"] = nodes
-        results["slowest"] = [{k: n.get(k) for k in ("name", "run", "duration_s", "mem_peak_gb", "rss_peak_gb")
+        results["slowest"] = [{k: n.get(k) for k in ("name", "run", "duration_s", "rss_peak_gb", "mem_peak_gb")
                                if k in n} for n in nodes[:5]]
         results["node_time_sum_s"] = round(sum(n.get("duration_s", 0.0) for n in nodes), 2)
         report = {
@@ -291,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                         *args.extra],
             "dataset": {"shape": list(shape), "n_echoes": n_echoes, "simulated_in_s": sim_s},
             "nipype_resource_monitor": monitor, "sample_interval_s": args.interval,
+            "notes": NOTES,
             "machine": _machine(), "results": results,
         }
     finally:
@@ -318,8 +336,11 @@ def _summary(report: dict, dest: Path) -> None:
               f"(+ {res['warm']['rerun_sinks']} always-run sinks)")
     print(f"  slowest nodes (of {len(res['nodes'])}, {res['node_time_sum_s']:.1f} s in all):")
     for n in res["slowest"]:
-        mem = n.get("mem_peak_gb", n.get("rss_peak_gb"))
+        mem = n.get("rss_peak_gb", n.get("mem_peak_gb"))
         print(f"    {n['name']:18s} {n['duration_s']:7.2f} s" + (f"  {mem:.2f} GB" if mem is not None else ""))
+    if res["cold"].get("peak_tree_at"):
+        at = res["cold"]["peak_tree_at"]
+        print(f"  cold tree peak at {at['t_s']} s: " + ", ".join(f"{n or 'main/other'} {g} GB" for n, g in at["processes"]))
     print(f"  written to {dest}")
 
 

@@ -34,7 +34,10 @@ MASK_METHODS: tuple[str, ...] = ("combined", "magnitude", "quality")  # qsm.mask
 UNWRAP_METHODS: tuple[str, ...] = ("laplacian", "quality", "skimage")  # qsm.unwrap.UNWRAP_METHODS
 COMBINE_METHODS: tuple[str, ...] = ("snr", "magnitude", "uniform")  # qsm.echoes.WEIGHTINGS
 BGREMOVE_METHODS: tuple[str, ...] = ("vsharp", "sharp", "resharp", "pdf", "lbv")  # qsm.background
-INVERSION_METHODS: tuple[str, ...] = ("tkd", "tsvd", "tikhonov", "ilsqr", "tv", "rts", "medi", "tgv")
+CLASSICAL_INVERSIONS: tuple[str, ...] = ("tkd", "tsvd", "tikhonov", "ilsqr", "tv", "rts", "medi", "tgv")
+#: deep-learning inversions of :mod:`qsmbids.deep` (qsmbids.deep.models.MODELS), run with shipped weights
+DEEP_MODELS: tuple[str, ...] = ("unet", "xqsm", "ir2qsm", "modl", "nsidl")
+INVERSION_METHODS: tuple[str, ...] = CLASSICAL_INVERSIONS + DEEP_MODELS
 # qsm.reference.REFERENCE_METHODS without "roi", which needs a label image the App does not have.
 REFERENCE_METHODS: tuple[str, ...] = ("mean", "csf", "none")
 R2STAR_METHODS: tuple[str, ...] = ("loglinear", "arlo")  # qsm.relax.R2STAR_METHODS (no CLI option yet)

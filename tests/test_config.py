@@ -54,7 +54,8 @@ def test_method_tuples_equal_those_of_the_numerics():
     assert C.UNWRAP_METHODS == unwrap.UNWRAP_METHODS
     assert C.COMBINE_METHODS == echoes.WEIGHTINGS
     assert C.BGREMOVE_METHODS == background.BGREMOVE_METHODS
-    assert C.INVERSION_METHODS == inversion.METHODS
+    assert C.CLASSICAL_INVERSIONS == inversion.METHODS
+    assert C.INVERSION_METHODS == C.CLASSICAL_INVERSIONS + C.DEEP_MODELS
     assert C.REFERENCE_METHODS == tuple(m for m in reference.REFERENCE_METHODS if m != "roi")
     assert C.R2STAR_METHODS == relax.R2STAR_METHODS
 

@@ -154,14 +154,14 @@ class LoadMegre(SimpleInterface):
                 scaled = scale_phase(phase, "auto")
         else:
             scaled = scale_phase(phase, "auto")
-        phase_file = save_nifti(scaled, ref, "phase.nii.gz")
+        phase_file = save_nifti(scaled, ref, "phase.nii")
         self._results["phase"] = phase_file
 
         has_mag = isdefined(self.inputs.magnitude_files) and len(self.inputs.magnitude_files) > 0
         if has_mag:
             mag, _ = self._stack(self.inputs.magnitude_files)
             mag = np.abs(np.where(np.isfinite(mag), mag, 0)).astype(np.float32)
-            self._results["magnitude"] = save_nifti(mag, ref, "magnitude.nii.gz")
+            self._results["magnitude"] = save_nifti(mag, ref, "magnitude.nii")
 
         vs = tuple(float(v) for v in ref.header.get_zooms()[:3])
         if self.inputs.b0_direction == "auto":

@@ -133,7 +133,7 @@ class BrainMask(_Stage):
         m = self._np(m).astype(np.uint8)
         if not m.any():
             raise ValueError(f"{self.inputs.phase}: the brain mask is empty")
-        self._results["out_file"] = save_nifti(m, img, "brain_mask.nii.gz", dtype=np.uint8)
+        self._results["out_file"] = save_nifti(m, img, "brain_mask.nii", dtype=np.uint8)
         return {"volume_ml": float(m.sum() * np.prod(self.voxel_size) / 1000.0), "voxels": int(m.sum()),
                 "method_used": method}
 
@@ -171,7 +171,7 @@ class Unwrap(_Stage):
                              self.echo_times, self._tensor(mask), voxel_size=self.voxel_size,
                              unwrapper=self.inputs.method, **params)
         unwrapped = self._np(fit.unwrapped)
-        self._results["out_file"] = save_nifti(echoes_last(unwrapped), img, "phase_unwrapped.nii.gz")
+        self._results["out_file"] = save_nifti(echoes_last(unwrapped), img, "phase_unwrapped.nii")
         return {"offset": params.get("offset", "mcpc3ds")}
 
 
@@ -204,8 +204,8 @@ class CombineEchoes(_Stage):
         field = self._np(fit.field_hz)
         noise = self._np(fit.noise)
         noise = np.where(np.isfinite(noise), noise, 0)
-        self._results["out_file"] = save_nifti(field, img, "total_field_hz.nii.gz")
-        self._results["noise"] = save_nifti(noise, img, "field_noise_hz.nii.gz")
+        self._results["out_file"] = save_nifti(field, img, "total_field_hz.nii")
+        self._results["noise"] = save_nifti(noise, img, "field_noise_hz.nii")
         inside = field[mask]
         return {"field_hz_p1": float(np.percentile(inside, 1)), "field_hz_p99": float(np.percentile(inside, 99)),
                 "residual_rad_median": float(np.median(self._np(fit.residual)[mask]))}
@@ -242,8 +242,8 @@ class BackgroundRemoval(_Stage):
         if not m.any():
             raise ValueError(f"{self.inputs.mask}: nothing of the mask is left after background removal "
                              "(mask too small for the kernel radius)")
-        self._results["out_file"] = save_nifti(local * (m > 0), img, "local_field_ppm.nii.gz")
-        self._results["out_mask"] = save_nifti(m, img, "local_mask.nii.gz", dtype=np.uint8)
+        self._results["out_file"] = save_nifti(local * (m > 0), img, "local_field_ppm.nii")
+        self._results["out_mask"] = save_nifti(m, img, "local_mask.nii", dtype=np.uint8)
         kept = float(m.sum()) / max(1.0, float(mask.sum()))
         if kept < 0.7:
             self._warnings.append(f"background removal kept only {100 * kept:.0f} % of the brain mask")
@@ -278,7 +278,7 @@ class DipoleInversion(_Stage):
         chi, info = invert(self._tensor(field), self._tensor(mask), self.voxel_size, self.b0_dir,
                            method=self.inputs.method, return_info=True, **params)
         chi = self._np(chi) * mask
-        self._results["out_file"] = save_nifti(chi, img, "chi_ppm.nii.gz")
+        self._results["out_file"] = save_nifti(chi, img, "chi_ppm.nii")
         out = {"iterations": info.iterations, "converged": info.converged, "fft_pairs": info.fft_pairs}
         if info.residual is not None:
             out["residual"] = float(info.residual)
@@ -318,7 +318,7 @@ class Reference(_Stage):
             scale = self.field_strength / 3.0
             kw["csf_mask"] = csf_mask(r2s, mask, voxel_size=self.voxel_size, threshold=5.0 * scale)
         out, ref = reference(chi, mask, method=method, **kw)
-        self._results["out_file"] = save_nifti(self._np(out) * mask, img, "chimap_ppm.nii.gz")
+        self._results["out_file"] = save_nifti(self._np(out) * mask, img, "chimap_ppm.nii")
         return {"reference_ppm": float(self._np(ref))}
 
 
@@ -350,8 +350,8 @@ class Relaxometry(_Stage):
                          method=self.inputs.method, **self.inputs.params)
         t2s = self._np(t2star(r2s)) * mask
         r2s = self._np(r2s) * mask
-        self._results["r2star"] = save_nifti(r2s, img, "r2star.nii.gz")
-        self._results["t2star"] = save_nifti(np.where(np.isfinite(t2s), t2s, 0), img, "t2star.nii.gz")
+        self._results["r2star"] = save_nifti(r2s, img, "r2star.nii")
+        self._results["t2star"] = save_nifti(np.where(np.isfinite(t2s), t2s, 0), img, "t2star.nii")
         return {"r2star_median": float(np.median(r2s[mask]))}
 
 
@@ -394,6 +394,6 @@ class Swi(_Stage):
                     voxel_size=self.voxel_size, **params)
         image = self._np(image)
         mip = self._np(minip(image, self.voxel_size, slab_mm=slab, axis=2))
-        self._results["swi"] = save_nifti(image, img, "swi.nii.gz")
-        self._results["minip"] = save_nifti(mip, img, "minip.nii.gz")
+        self._results["swi"] = save_nifti(image, img, "swi.nii")
+        self._results["minip"] = save_nifti(mip, img, "minip.nii")
         return {"echo_index": e, "echo_time_s": float(tes[e]), "slab_mm": slab}

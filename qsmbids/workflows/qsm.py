@@ -66,6 +66,18 @@ METHOD_TEXT = {
 }
 
 
+#: deep models: one phrase each, with citations
+DEEP_TEXT = {
+    "unet": "a 3-D U-Net [@ronneberger2016; @yoon2018; @bollmann2019]",
+    "xqsm": "an octave-convolution U-Net (xQSM) [@gao2021]",
+    "ir2qsm": "an iterated U-Net with reverse concatenations and recurrent modules (IR2QSM) [@li2025ir2qsm]",
+    "modl": "an unrolled proximal-gradient network with dipole data consistency (LPCNN/MoDL-QSM style) "
+            "[@lai2020; @feng2021]",
+    "nsidl": "an unrolled network with a nonlinear (complex exponential) data-fidelity term (NSIDL style) "
+             "[@nsidl2026]",
+}
+
+
 def _text(stage: str, method: str) -> str:
     return METHOD_TEXT.get((stage, method), f"the '{method}' method")
 
@@ -95,9 +107,14 @@ def _stage_wf(name: str, node: pe.Node, in_fields: list[str], out_fields: list[s
     return wf
 
 
+#: stages whose work is mostly I/O, scipy or elementwise: one thread, so they overlap with the FFT-heavy chain
+SINGLE_THREADED = ("mask", "reference", "relax", "swi")
+
+
 def _node(interface, stage: str, *, method: str, params: dict, omp_nthreads: int, mem_gb: float, device: str = "cpu"):
-    node = pe.Node(interface(method=method, params=dict(params), num_threads=omp_nthreads, device=device),
-                   name=stage, n_procs=omp_nthreads, mem_gb=mem_gb)
+    threads = 1 if stage in SINGLE_THREADED else omp_nthreads
+    node = pe.Node(interface(method=method, params=dict(params), num_threads=threads, device=device),
+                   name=stage, n_procs=threads, mem_gb=mem_gb)
     return node
 
 
@@ -162,8 +179,19 @@ def init_bgremove_wf(*, method: str, params: dict | None = None, omp_nthreads: i
 
 def init_invert_wf(*, method: str, params: dict | None = None, has_magnitude: bool = True, omp_nthreads: int = 1,
                    mem_gb: float = 2.0, device: str = "cpu", name: str = "invert_wf") -> Workflow:
-    """Dipole inversion, local field (ppm) → susceptibility (ppm)."""
+    """Dipole inversion, local field (ppm) → susceptibility (ppm); deep models run through
+    :class:`qsmbids.interfaces.deep.DeepInversion` (weights shipped in the package, GPU when asked for)."""
     params = params or {}
+    if method in DEEP_TEXT:
+        from ..interfaces.deep import DeepInversion
+
+        invert = _node(DeepInversion, "invert", method=method, params=params, omp_nthreads=omp_nthreads,
+                       mem_gb=mem_gb, device=device)
+        desc = (f"Susceptibility was computed from the local field by {DEEP_TEXT[method]}, trained by qsmbids on "
+                "simulated data only (model card shipped with the weights), after resampling the field to 1 mm "
+                "isotropic voxels" + (" in the B0-aligned frame" if method in ("unet", "xqsm", "ir2qsm") else
+                                      " with the dipole kernel of the acquisition's B0 direction") + ". ")
+        return _stage_wf(name, invert, ["in_meta", "field", "mask"], ["out_file", "meta"], desc)
     invert = _node(iq.DipoleInversion, "invert", method=method, params=params, omp_nthreads=omp_nthreads,
                    mem_gb=mem_gb, device=device)
     inputs = ["in_meta", "field", "mask"] + (["magnitude"] if has_magnitude and method == "medi" else [])
