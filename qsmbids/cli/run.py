@@ -14,7 +14,15 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from .exit_codes import EX_CANTCREAT, EX_OK, EX_SOFTWARE, EX_UNKNOWN_LEVEL, EX_USAGE
+from .exit_codes import (
+    EX_CANTCREAT,
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_UNKNOWN_LEVEL,
+    EX_USAGE,
+)
 
 LOG = logging.getLogger("qsmbids")
 #: methods that need the magnitude images
@@ -114,15 +122,20 @@ def _preflight(settings):
 
 def _param_targets(pr) -> dict[str, list]:
     """Stage/method key of ``--param`` → the qsmbids.qsm functions that receive it (for the chosen methods)."""
+    from ..config import DEEP_MODELS
     from ..qsm import background, echoes, mask, reference, relax, swi
     from ..qsm.inversion import get_method
 
+    if pr.inversion in DEEP_MODELS:
+        from ..deep.infer import infer as inversion_fn
+    else:
+        inversion_fn = get_method(pr.inversion)
     stages = {
         "mask": (pr.mask, [mask.brain_mask]),
         "unwrap": (pr.unwrap, [echoes.combine_echoes]),
         "combine": (pr.combine, [echoes.fit_field]),
         "bgremove": (pr.bgremove, [getattr(background, pr.bgremove)]),
-        "inversion": (pr.inversion, [get_method(pr.inversion)]),
+        "inversion": (pr.inversion, [inversion_fn]),
         "reference": (pr.reference, [reference.reference]),
         "relax": ("loglinear", [relax.r2star_loglinear]),
         "swi": (None, [swi.swi, swi.minip]),
@@ -142,7 +155,8 @@ def _check_params(pr) -> None:
     if not pr.params:
         return
     targets = _param_targets(pr)
-    internal = {"magnitude", "return_info", "unwrapper", "weighting", "method", "voxel_size", "mask", "b0_dir"}
+    internal = {"magnitude", "return_info", "unwrapper", "weighting", "method", "voxel_size", "mask", "b0_dir",
+                "threads", "weights_dir"}
     for key, values in dict(pr.params).items():
         if key not in targets:
             LOG.warning("--param %s.*: %s is not used by the chosen methods; ignored", key, key)
@@ -158,6 +172,26 @@ def _check_params(pr) -> None:
             if name not in accepted:
                 raise _Refusal(EX_USAGE, f"--param {key}.{name}: not a parameter of {key} (accepted: "
                                          f"{', '.join(sorted(accepted)) or 'none'})")
+
+
+def _check_weights(inversion: str) -> None:
+    """A deep inversion needs its shipped weight file, intact: missing → 66, corrupt → 65, before any work."""
+    from ..config import DEEP_MODELS
+
+    if inversion not in DEEP_MODELS:
+        return
+    from ..deep.weights import WeightsError, load_card, resolve_weights, sha256_file
+
+    pt = resolve_weights(inversion)
+    if not pt.is_file():
+        raise _Refusal(EX_NOINPUT, f"{pt}: weight file of --inversion {inversion} is missing (reinstall qsmbids)")
+    try:
+        card = load_card(pt)
+    except WeightsError as err:
+        raise _Refusal(EX_NOINPUT, str(err)) from None
+    if sha256_file(pt) != card.get("sha256"):
+        raise _Refusal(EX_DATAERR, f"{pt}: weight file of --inversion {inversion} is corrupt (SHA-256 differs from "
+                                   "its model card; reinstall qsmbids)")
 
 
 def _run_dict(run, bids_dir: Path) -> dict:
@@ -176,6 +210,7 @@ def participant(settings) -> int:
     ex, perf, pr = settings.execution, settings.performance, settings.processing
     t_start = time.perf_counter()
     _check_params(pr)
+    _check_weights(pr.inversion)
     runs = _preflight(settings)
     out, work = Path(ex.output_dir), Path(ex.work_dir)
     _check_output(out, "output folder")

@@ -221,6 +221,14 @@ class _GatherOutputSpec(TraitedSpec):
     minip_meta = traits.Dict()
 
 
+def _deep_info(record: dict | None) -> dict:
+    """Model name, weight checksum and device of a deep inversion (empty for classical methods)."""
+    info = (record or {}).get("info", {})
+    if "weights_sha256" not in info:
+        return {}
+    return {"Model": info.get("model"), "WeightsSHA256": info["weights_sha256"], "Device": info.get("device")}
+
+
 class SidecarMetadata(SimpleInterface):
     """Sidecar fields of every derivative, from the stage records (method, parameters, units, B0 direction)."""
 
@@ -247,7 +255,7 @@ class SidecarMetadata(SimpleInterface):
             "local_field_meta": {"Units": "ppm", "Description": "local field after background field removal",
                                  **acq, **chain, **bg},
             "chimap_meta": {"Units": "ppm", "Description": "magnetic susceptibility", **acq, **chain, **bg,
-                            "DipoleInversion": step("invert"),
+                            "DipoleInversion": {**step("invert"), **_deep_info(stages.get("invert"))},
                             "Reference": {**step("reference"),
                                           "Value": ref.get("info", {}).get("reference_ppm")}},
             "r2star_meta": {"Units": "1/s", "Description": "R2*", "EchoTime": load["echo_times_s"],

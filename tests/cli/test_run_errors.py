@@ -196,3 +196,28 @@ def test_node_crash_is_one_line_with_crash_file(sim_bids, tmp_path):
     assert len(crashes) == 1 and crashes[0].as_posix() in lines[0]
     assert "threshold" in crashes[0].read_text()
     assert not (out / "sub-01" / "anat").exists()
+
+
+@pytest.mark.parametrize(("damage", "code", "needle"), [("missing", 66, "missing"), ("corrupt", 65, "corrupt")])
+def test_deep_weight_file_problems(dataset, tmp_path, capsys, monkeypatch, damage, code, needle):
+    import torch
+
+    from qsmbids.deep import weights
+    from qsmbids.deep.models import build_model
+
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    torch.manual_seed(0)
+    weights.save_weights(build_model("modl", width=4, iterations=1), wdir / "modl.pt", {"name": "modl"})
+    if damage == "missing":
+        (wdir / "modl.pt").unlink()
+    else:
+        raw = bytearray((wdir / "modl.pt").read_bytes())
+        raw[-100] ^= 0xFF
+        (wdir / "modl.pt").write_bytes(bytes(raw))
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", wdir)
+    rc = _main([str(dataset), str(tmp_path / "out"), "participant", "--inversion", "modl", "--skip-bids-validation"])
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert str(wdir / "modl.pt") in err and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
