@@ -3,13 +3,23 @@
 Every refusal is one line on stderr and a BIDS-Apps exit code (see :mod:`qsmbids.cli.exit_codes`); the dataset is
 checked completely (sidecars, headers and every voxel) before anything is written to the output folder, so a bad
 input leaves no half-written derivative behind. Progress: one line per finished stage per run.
+
+Reliability on shared clusters: derivatives are written atomically (the sinks stage every file and rename it into
+place), so a killed run leaves no truncated output; a rerun with the same work folder recomputes only what did not
+finish, after :func:`_repair_work_dir` has dropped node results that cannot be read back (a run killed while
+nipype wrote them, a damaged disk) and :func:`_remove_stale_staging` the staging folders of killed sinks. A full
+disk or a read-only folder while running is reported like a refusal (one line, exit 73), not as a crash.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +37,13 @@ from .exit_codes import (
 LOG = logging.getLogger("qsmbids")
 #: methods that need the magnitude images
 _NEEDS_MAGNITUDE = {"mask": {"combined", "magnitude"}, "inversion": {"medi"}, "reference": {"csf"}}
+#: the per-run stage nodes (progress lines, resource monitoring), in order
+STAGES = ("load", "mask", "unwrap", "combine", "bgremove", "invert", "reference", "relax", "swi")
+#: errors that mean "cannot write here" rather than "the software failed": exit 73 with one line
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted"}
+_STAGING_PREFIX = ".qsmbids-sink-"
 
 
 class _Refusal(Exception):
@@ -52,12 +69,19 @@ def _main(argv: list[str] | None) -> int:
         if settings.execution.analysis_level == "participant":
             return participant(settings)
         if settings.execution.analysis_level == "group":
-            raise _Refusal(EX_USAGE, "group level: not available yet in this version (participant level only)")
+            from .group import group
+
+            return group(settings)
         raise _Refusal(EX_UNKNOWN_LEVEL, f"unknown analysis level {settings.execution.analysis_level!r} "
                                          "(expected participant or group)")
     except _Refusal as err:
         print(f"qsmbids: error: {err}", file=sys.stderr)
         return err.code
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"qsmbids: error: {_write_error_line(err.filename, err.errno)}", file=sys.stderr)
+        return EX_CANTCREAT
     except KeyboardInterrupt:
         print("qsmbids: interrupted", file=sys.stderr)
         return 130
@@ -81,14 +105,60 @@ def _setup_logging(verbosity: int) -> None:
     nlogging.update_logging(ncfg)
 
 
+def _write_error_line(path, code: int, context: str = "") -> str:
+    """``<path>: cannot write (no space left on device)...`` for an OSError met while writing."""
+    return (f"{path}: cannot write ({_WRITE_ERRNOS.get(code, os.strerror(code))}){context}; nothing half-written "
+            "was left: free space or fix the permissions, then rerun with the same -w to resume")
+
+
 # ------------------------------------------------------------------------------------------------------------
-def _check_output(path: Path, what: str) -> None:
+def _check_output(path: Path, what: str) -> bool:
+    """Create ``path`` if needed and prove it writable by creating a file in it; returns whether it was created.
+
+    ``os.access`` alone is not enough: it does not see read-only bind mounts of some container runtimes, full
+    file systems or NFS squashing, and root passes it for any mode bits. The probe file is removed at once.
+    """
+    existed = path.is_dir()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise _Refusal(EX_CANTCREAT, f"{path}: cannot create the {what} ({err.strerror or err})") from None
+    problem = None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise _Refusal(EX_CANTCREAT, f"{path}: the {what} is not writable")
+        problem = f"{path}: the {what} is not writable"
+    else:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".qsmbids-probe-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            problem = f"{path}: cannot write into the {what} ({err.strerror or err})"
+    if problem:
+        if not existed:
+            shutil.rmtree(path, ignore_errors=True)
+        raise _Refusal(EX_CANTCREAT, problem)
+    return not existed
+
+
+def _check_space(runs, out: Path, work: Path) -> None:
+    """Warn (not refuse: the numbers are rough) when the output or work folder has less room than a run needs.
+
+    Measured on the simulator: the work folder holds about 4·(6·echoes + 2) bytes per voxel and run (uncompressed
+    float32 intermediates), the derivatives about 12 bytes per voxel and run (gzip)."""
+    need_work = sum(4 * (6 * r.n_echoes + 2) * _n_voxels(r) for r in runs)
+    need_out = sum(12 * _n_voxels(r) for r in runs)
+    for folder, need in ((work, need_work), (out, need_out)):
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            LOG.warning("qsmbids: warning: %s has %.2f GB free; this run needs about %.2f GB there", folder,
+                        free / 1e9, need / 1e9)
+
+
+def _n_voxels(run) -> int:
+    import nibabel as nib
+
+    shape = nib.load(run.phase[0]).shape
+    return int(shape[0] * shape[1] * shape[2])
 
 
 def _preflight(settings):
@@ -213,11 +283,23 @@ def participant(settings) -> int:
     _check_weights(pr.inversion)
     runs = _preflight(settings)
     out, work = Path(ex.output_dir), Path(ex.work_dir)
-    _check_output(out, "output folder")
-    _check_output(work, "work folder")
+    created = _check_output(out, "output folder")
+    try:
+        _check_output(work, "work folder")
+    except _Refusal:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # leave no trace of a run that could not start
+        raise
     subjects = sorted({r.subject for r in runs})
     LOG.info("qsmbids %s: %d run(s) of %d subject(s): %s", __version__, len(runs), len(subjects),
              ", ".join(r.label for r in runs))
+    for r in runs:
+        for warning in r.warnings:
+            LOG.warning("[%s] warning: %s", r.label, warning)
+        if r.n_echoes < 2 and {"r2star", "t2star"} & set(pr.outputs):
+            LOG.warning("[%s] warning: a single echo: no R2*/T2* maps", r.label)
+    if not (ex.reports_only or ex.boilerplate_only):
+        _check_space(runs, out, work)
 
     for sub in subjects:
         log_dir = out / f"sub-{sub}" / "log" / ex.run_uuid
@@ -228,20 +310,34 @@ def participant(settings) -> int:
     if ex.reports_only:
         return _reports(out, subjects, ex.run_uuid)
 
-    from ..utils.derivatives import write_bidsignore, write_derivative_description
-    from ..workflows.base import init_qsmbids_wf
-
     processing = {"mask": pr.mask, "unwrap": pr.unwrap, "combine": pr.combine, "bgremove": pr.bgremove,
                   "inversion": pr.inversion, "reference": pr.reference,
                   "params": {k: dict(v) for k, v in dict(pr.params).items()},
-                  "b0_direction": pr.b0_direction, "outputs": tuple(pr.outputs)}
+                  "b0_direction": pr.b0_direction, "outputs": tuple(pr.outputs),
+                  # regional statistics (workflows.base.roi_inputs): --no-roi, --atlas, --segmentation-dir
+                  "roi": getattr(pr, "roi", True), "atlas": getattr(pr, "atlas", "HarvardOxford"),
+                  "segmentation_dir": (str(ex.segmentation_dir) if getattr(ex, "segmentation_dir", None) else None)}
     omp = perf.omp_nthreads or min(perf.nprocs, 8)
     device = _device(perf.device)
     _configure_nipype(settings)
+    try:
+        return _build_and_run(settings, runs, subjects, processing, omp, device, t_start)
+    finally:
+        _monitor_off()
+
+
+def _build_and_run(settings, runs, subjects: list[str], processing: dict, omp: int, device: str,
+                   t_start: float) -> int:
+    from ..utils.derivatives import write_bidsignore, write_derivative_description
+    from ..workflows.base import init_qsmbids_wf
+
+    ex = settings.execution
+    out, work = Path(ex.output_dir), Path(ex.work_dir)
     wf = init_qsmbids_wf(runs=[_run_dict(r, Path(ex.bids_dir)) for r in runs], output_dir=str(out),
                          bids_root=str(Path(ex.bids_dir).absolute()), run_uuid=ex.run_uuid,
                          processing=processing, omp_nthreads=omp, device=device)
     wf.base_dir = str(work)
+    _monitor_stages_only(wf)
     _write_boilerplate(wf, out)
     if ex.boilerplate_only:
         LOG.info("Boilerplate written to %s", out / "logs" / "CITATION.md")
@@ -249,8 +345,22 @@ def participant(settings) -> int:
 
     write_derivative_description(Path(ex.bids_dir), out, version=__version__)
     write_bidsignore(out)
+    repaired = _repair_work_dir(work / wf.name)
+    if repaired:
+        LOG.info("work folder: %d unusable node result(s) removed (unreadable, or their files are gone); those "
+                 "steps are recomputed", repaired)
+    _remove_stale_staging(out, subjects)
     code = _execute(wf, settings, runs, omp)
-    errors = _reports(out, subjects, ex.run_uuid)
+    if code == EX_CANTCREAT:
+        return code  # the disk is full or read-only: writing the reports would only fail again
+    try:
+        errors = _reports(out, subjects, ex.run_uuid)
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        if code != EX_OK:
+            return code  # its one line is printed; the report could not be written either
+        raise _Refusal(EX_CANTCREAT, _write_error_line(err.filename, err.errno)) from None
     elapsed = time.perf_counter() - t_start
     if code == EX_OK:
         LOG.info("qsmbids finished in %.1f s. Derivatives: %s", elapsed, out)
@@ -299,6 +409,100 @@ def _configure_nipype(settings) -> None:
     # nipype polls its job graph every 2 s by default: with a dozen short nodes per run the polling was most of
     # the wall time on small data; 0.2 s keeps the scheduler loop cheap even for many runs
     ncfg.set("execution", "poll_sleep_duration", "0.2")
+    # peak memory per stage for the report (nipype's resource monitor needs psutil); sampled every 0.2 s (its
+    # minimum) because stages on small data last about a second
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        LOG.debug("psutil is not installed: no peak memory per stage in the report")
+    else:
+        ncfg.enable_resource_monitor()
+        ncfg.set("execution", "resource_monitor_frequency", "0.2")
+
+
+def _monitor_off() -> None:
+    """Switch nipype's resource monitor off again: its config is global to the process, and an interface run later
+    in the same process (a caller's own nodes, the tests) would otherwise write sample files into the current
+    folder."""
+    from nipype import config as ncfg
+
+    ncfg.disable_resource_monitor()
+
+
+def _monitor_stages_only(wf) -> None:
+    """Keep nipype's resource monitor for the numerical stages only: each monitored interface spends 0.2 s on its
+    first sample, which would add up over the dozens of sinks and reportlets of a run."""
+    for node in wf._get_all_nodes():
+        if node.name not in STAGES:
+            node.interface.resource_monitor = False
+
+
+def _repair_work_dir(root: Path) -> int:
+    """Remove the folders of nodes that nipype would take as finished but whose results cannot be used.
+
+    Nipype marks a finished node with a ``_0x<hash>.json`` file and reads its ``result_<node>.pklz`` when a later
+    node needs its outputs; a result file that is truncated or garbage (a run killed while it was written, a damaged
+    or full disk), or outputs that disappeared (a derivative deleted by hand, a scrubbed scratch folder), would make
+    the rerun crash instead of resume. Such a node folder is deleted, so the node and everything after it is
+    recomputed (with timestamp hashing, the new outputs invalidate the nodes that consumed the old ones). Returns
+    the number of node folders removed.
+    """
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    if not root.is_dir():
+        return 0
+    removed, changed = 0, True
+    while changed:  # until no node points at files of a removed one (pass-through nodes such as merge_meta)
+        changed = False
+        for hashfile in sorted(root.rglob("_0x*.json")):
+            node_dir = hashfile.parent
+            if hashfile.name.endswith("_unfinished.json") or not node_dir.is_dir():
+                continue  # nipype reruns unfinished nodes by itself
+            results = list(node_dir.glob("result_*.pklz"))
+            try:
+                if len(results) != 1:
+                    raise ValueError("no result file")
+                outputs = load_resultfile(str(results[0])).outputs
+                if outputs is None:
+                    raise ValueError("no outputs")
+                missing = [p for p in _paths(outputs.get()) if not Path(p).exists()]
+                if missing:
+                    raise FileNotFoundError(missing[0])
+            except Exception as err:  # noqa: BLE001 — unpickling garbage raises anything
+                LOG.debug("work folder: %s is not usable (%s); recomputing it", node_dir, err)
+                shutil.rmtree(node_dir, ignore_errors=True)
+                removed += 1
+                changed = True
+    return removed
+
+
+def _paths(value) -> list[str]:
+    """Absolute file paths among a node's outputs (nested lists and dicts included)."""
+    if isinstance(value, str):
+        return [value] if os.path.isabs(value) else []
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _paths(v)]
+    return []
+
+
+def _remove_stale_staging(out: Path, subjects: list[str]) -> None:
+    """Delete the staging folders that killed sinks of these subjects left in the output folder.
+
+    A sink writes into ``<output>/.qsmbids-sink-*/sub-<label>/...`` and renames the finished files into place; a
+    staging folder holding only this run's subjects belongs to a run of ours that was killed. Folders holding other
+    subjects may belong to a run writing right now (array jobs share the output folder) and are left alone, as are
+    empty ones younger than an hour.
+    """
+    ours = {f"sub-{s}" for s in subjects}
+    for stage in out.glob(f"{_STAGING_PREFIX}*"):
+        if not stage.is_dir():
+            continue
+        entries = {p.name for p in stage.iterdir()}
+        stale = (entries and entries <= ours) or (not entries and time.time() - stage.stat().st_mtime > 3600)
+        if stale:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _execute(wf, settings, runs, omp: int) -> int:
@@ -313,7 +517,7 @@ def _execute(wf, settings, runs, omp: int) -> int:
     labels = {wf_name(r.name): r.label for r in runs}
     totals = {wf_name(r.name): len(run_stages(has_magnitude=bool(r.magnitude), n_echoes=r.n_echoes,
                                               outputs=tuple(settings.processing.outputs))) for r in runs}
-    order = ("load", "mask", "unwrap", "combine", "bgremove", "invert", "reference", "relax", "swi")
+    order = STAGES
     started: dict[str, float] = {}
     done: dict[str, int] = {}
 
@@ -336,16 +540,70 @@ def _execute(wf, settings, runs, omp: int) -> int:
 
     if name in ("MultiProc", "LegacyMultiProc", "Linear"):
         plugin_args["status_callback"] = callback
+    # nipype's resource monitor writes its samples (.proc-<pid>_*) into the current folder of the process that runs
+    # a node, and MultiProc workers start in the current folder of this one: keep them in the work folder
+    cwd = os.getcwd()
+    os.chdir(wf.base_dir)
     try:
         wf.run(plugin=name, plugin_args=plugin_args)
-    except Exception:  # noqa: BLE001 — nipype: "Workflow did not execute cleanly", details in the crash files
+    except Exception as exc:  # noqa: BLE001 — nipype: "Workflow did not execute cleanly", details in the crash files
         crashes = sorted(Path(settings.execution.output_dir).glob(f"sub-*/log/{settings.execution.run_uuid}/crash*"))
         nodes = sorted({c.name.split("-")[4] for c in crashes if c.name.count("-") >= 5})
         what = f" in {', '.join(nodes)}" if nodes else ""
         where = f"; see {crashes[0]}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else "") if crashes else ""
+        write_error = _write_error_in(exc, crashes)
+        if write_error is not None:
+            path, code = write_error
+            line = _write_error_line(path or settings.execution.output_dir, code, f"{what}{where}")
+            print(f"qsmbids: error: {line}", file=sys.stderr)
+            return EX_CANTCREAT
         print(f"qsmbids: error: processing failed{what}{where}", file=sys.stderr)
         return EX_SOFTWARE
+    finally:
+        os.chdir(cwd)
+        _remove_monitor_files(Path(wf.base_dir))
     return EX_OK
+
+
+def _remove_monitor_files(work: Path) -> None:
+    """Delete the resource monitor's sample files of finished processes (nipype has read them into the results);
+    those of live processes may belong to another run sharing the work folder and are kept."""
+    for f in work.glob(".proc-*_time-*"):
+        pid = f.name.split("_", 1)[0].removeprefix(".proc-")
+        try:
+            if int(pid) == os.getpid():
+                raise ProcessLookupError  # nodes run in this process (Linear plugin) are finished too
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+        except (ValueError, OSError):
+            continue
+
+
+_ERRNO_LINE = re.compile(r"\w+Error: \[Errno (\d+)\][^\n']*(?:'([^'\n]+)')?")
+
+
+def _write_error_in(exc: BaseException, crashes: list[Path]) -> tuple[str | None, int] | None:
+    """(path, errno) when the run failed because a folder could not be written (disk full, quota, read-only).
+
+    The nodes fail in worker processes, so the OSError reaches this process only as text in the crash files; when
+    the disk is so full that not even the crash file could be written, the error is nipype's own.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _WRITE_ERRNOS:
+            return seen.filename, seen.errno
+        seen = seen.__cause__ or seen.__context__
+    for crash in crashes:
+        try:
+            text = crash.read_text(errors="replace")
+        except OSError:
+            continue
+        for match in _ERRNO_LINE.finditer(text):
+            code = int(match.group(1))
+            if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                return match.group(2), code
+    return None
 
 
 def _reports(out: Path, subjects: list[str], run_uuid: str) -> int:
