@@ -59,6 +59,8 @@ PARAM_KEYS: tuple[str, ...] = tuple(dict.fromkeys(
 ))
 
 OUTPUTS: tuple[str, ...] = ("chimap", "mask", "fields", "r2star", "t2star", "swi", "minip")
+#: Atlases of ``qsmbids/data/atlas/*.json`` (a copy: tests/test_config.py keeps it equal to the files there).
+ATLASES: tuple[str, ...] = ("HarvardOxford",)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 ANALYSIS_LEVELS: tuple[str, ...] = ("participant", "group")
 
@@ -66,7 +68,7 @@ ANALYSIS_LEVELS: tuple[str, ...] = ("participant", "group")
 DEFAULTS: MappingProxyType[str, Any] = MappingProxyType({
     "mask": "combined", "unwrap": "quality", "combine": "snr", "bgremove": "vsharp",
     "inversion": DEFAULT_INVERSION, "reference": "mean", "b0_direction": "auto", "echo_times": None,
-    "field_strength": None, "outputs": OUTPUTS,
+    "field_strength": None, "outputs": OUTPUTS, "roi": True, "atlas": "HarvardOxford",
 })
 
 # Echo times at or above this are surely milliseconds given by mistake (GRE TEs are well below 200 ms).
@@ -143,6 +145,7 @@ class ExecutionSettings:
     reports_only: bool = False
     boilerplate_only: bool = False
     ground_truth_dir: Path | None = None
+    segmentation_dir: Path | None = None
     run_uuid: str = field(default_factory=new_run_uuid)
     verbosity: int = 0
     version: str = ""
@@ -150,8 +153,9 @@ class ExecutionSettings:
     def __post_init__(self):
         for name in ("bids_dir", "output_dir", "work_dir"):
             _set(self, name, Path(getattr(self, name)))
-        if self.ground_truth_dir is not None:
-            _set(self, "ground_truth_dir", Path(self.ground_truth_dir))
+        for name in ("ground_truth_dir", "segmentation_dir"):
+            if getattr(self, name) is not None:
+                _set(self, name, Path(getattr(self, name)))
         for name, prefix in (("participant_label", "sub"), ("session_label", "ses")):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -250,7 +254,8 @@ class ProcessingSettings:
     ``params`` maps a method or stage name (see :data:`PARAM_KEYS`) to keyword arguments for it, values typed.
     ``echo_times`` (s) and ``field_strength`` (T) override the sidecars when given; ``b0_direction`` is
     ``"auto"`` (from the affine) or a unit vector in voxel coordinates. ``outputs`` keeps the order of
-    :data:`OUTPUTS`.
+    :data:`OUTPUTS`. ``roi``: regional χ statistics per run (atlas registered into the run, or the segmentations
+    of ``ExecutionSettings.segmentation_dir``); ``atlas``: one of :data:`ATLASES`.
     """
 
     mask: str = DEFAULTS["mask"]
@@ -264,8 +269,14 @@ class ProcessingSettings:
     echo_times: tuple[float, ...] | None = None
     field_strength: float | None = None
     outputs: tuple[str, ...] = OUTPUTS
+    roi: bool = DEFAULTS["roi"]
+    atlas: str = DEFAULTS["atlas"]
 
     def __post_init__(self):
+        if not isinstance(self.roi, bool):
+            raise SettingsError(f"roi: expected true or false, got {self.roi!r}")
+        if self.atlas not in ATLASES:
+            raise SettingsError(f"atlas: expected one of {', '.join(ATLASES)}, got {self.atlas!r}")
         for stage, choices in STAGE_CHOICES.items():
             if getattr(self, stage) not in choices:
                 raise SettingsError(f"{stage}: expected one of {', '.join(choices)}, got {getattr(self, stage)!r}")
@@ -330,6 +341,10 @@ class Settings:
     execution: ExecutionSettings
     performance: PerformanceSettings = field(default_factory=PerformanceSettings)
     processing: ProcessingSettings = field(default_factory=ProcessingSettings)
+
+    def __post_init__(self):
+        if self.execution.segmentation_dir is not None and not self.processing.roi:
+            raise SettingsError("--segmentation-dir and --no-roi cannot be used together")
 
     def params_for(self, method: str, *, stage: str | None = None) -> dict[str, Any]:
         """Keyword arguments for ``method``; with ``stage``, the stage-wide ones first, the method's overriding.

@@ -158,7 +158,7 @@ def test_processing_normalises():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"inversion": "unet"}, "inversion: expected one of tkd, tsvd"),
+    ({"inversion": "qsmnet"}, "inversion: expected one of tkd, tsvd"),
     ({"reference": "roi"}, "reference: expected one of mean, csf, none"),
     ({"mask": "quality", "unwrap": "snr"}, "unwrap"),
     ({"params": {"medj": {"x": 1}}}, "--param medj: unknown method or stage"),

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..config import (
     ANALYSIS_LEVELS,
+    ATLASES,
     DEFAULTS,
     DEVICES,
     MAX_ECHO_TIME_S,
@@ -39,7 +40,7 @@ from ..config import (
     normalise_b0_direction,
     strip_label,
 )
-from .exit_codes import EX_USAGE
+from .exit_codes import EX_DATAERR, EX_NOINPUT, EX_USAGE
 
 __all__ = ["QSMBIDSArgumentParser", "build_parser", "parse_args", "parse_param_value", "settings_from_args"]
 
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("bids_dir", type=Path, help="root folder of the input BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="folder for the derivatives (becomes a BIDS derivative dataset)")
     parser.add_argument("analysis_level", metavar="{" + ",".join(ANALYSIS_LEVELS) + "}",
-                        help="'participant' processes each subject; 'group' is reserved for group analyses")
+                        help="'participant' processes each subject; 'group' gathers every run's ROI statistics into "
+                             "group/roi_summary.tsv and group.html")
 
     g = parser.add_argument_group("BIDS filtering")
     g.add_argument("--participant-label", "--participant_label", nargs="+", type=_label("sub"), metavar="LABEL",
@@ -220,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="B0 field strength in tesla, overriding the sidecars' MagneticFieldStrength")
     g.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=OUTPUTS, metavar="OUTPUT",
                    help=f"derivatives to write, some of {', '.join(OUTPUTS)} (default: all)")
+    g.add_argument("--atlas", choices=ATLASES, default=DEFAULTS["atlas"],
+                   help="atlas registered into every run for regional χ statistics (default: %(default)s)")
+    g.add_argument("--segmentation-dir", type=Path, metavar="DIR", dest="segmentation_dir",
+                   help="BIDS derivatives with *_dseg.nii.gz segmentations (+ labels .tsv), e.g. FreeSurfer aseg, "
+                        "used for the regional statistics instead of the atlas")
+    g.add_argument("--no-roi", action="store_false", dest="roi",
+                   help="no regional statistics (no registration, no atlas labels, nothing for the group level)")
 
     g = parser.add_argument_group("Performance")
     g.add_argument("--nprocs", type=_positive_int, metavar="N",
@@ -306,12 +315,13 @@ def settings_from_args(args: argparse.Namespace, *, cwd: Path | None = None) -> 
         participant_label=tuple(args.participant_label or ()), session_label=tuple(args.session_label or ()),
         bids_filters=args.bids_filters, skip_bids_validation=args.skip_bids_validation,
         reports_only=args.reports_only, boilerplate_only=args.boilerplate_only,
-        ground_truth_dir=absolute(args.ground_truth_dir), verbosity=args.verbosity, version=__version__,
+        ground_truth_dir=absolute(args.ground_truth_dir), segmentation_dir=absolute(args.segmentation_dir),
+        verbosity=args.verbosity, version=__version__,
     )
     processing = ProcessingSettings(
         **{stage: getattr(args, stage) for stage in STAGE_CHOICES}, params=params,
         b0_direction=args.b0_direction, echo_times=args.echo_times, field_strength=args.field_strength,
-        outputs=tuple(args.outputs),
+        outputs=tuple(args.outputs), roi=args.roi, atlas=args.atlas,
     )
     return Settings(execution=execution, performance=_performance(args), processing=processing)
 
@@ -321,6 +331,24 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return settings_from_args(args)
+        settings = settings_from_args(args)
     except SettingsError as exc:
         parser.error(str(exc))
+    _check_segmentation_dir(parser, settings)
+    return settings
+
+
+def _check_segmentation_dir(parser: argparse.ArgumentParser, settings: Settings) -> None:
+    """``--segmentation-dir`` is read completely before any work (participant level): a missing folder exits 66, a
+    segmentation whose labels TSV is missing or inconsistent with the image exits 65 (one line naming the file)."""
+    ex = settings.execution
+    if ex.segmentation_dir is None or ex.analysis_level != "participant":
+        return
+    from ..interfaces.roi import SegmentationError, check_segmentation_dir
+
+    if not Path(ex.segmentation_dir).is_dir():
+        parser.exit(EX_NOINPUT, f"{parser.prog}: error: {ex.segmentation_dir}: --segmentation-dir does not exist\n")
+    try:
+        check_segmentation_dir(ex.segmentation_dir, ex.participant_label or None)
+    except SegmentationError as exc:
+        parser.exit(EX_DATAERR, f"{parser.prog}: error: {' '.join(str(exc).split())}\n")

@@ -32,6 +32,13 @@ _NAME = re.compile(
 _ENTITY_NAMES = {"ses": "Session", "task": "Task", "acq": "Acquisition", "ce": "Contrast", "rec": "Reconstruction",
                  "run": "Run", "chunk": "Chunk"}
 _EXT_ORDER = {".html": 0, ".svg": 1, ".png": 1, ".json": 2}
+#: Reportlets of the regions of interest (issue #6: written by qsmbids.workflows.roi) added to the shared table.
+ROI_REPORTLETS: dict[str, tuple[str, str, str]] = {
+    "roi": ("dseg", "Regions", "Regions of interest in the run's space, over the first-echo magnitude"),
+    "roistats": ("Chimap", "Regions", "Susceptibility per region of interest"),
+}
+_REPORTLETS = {**REPORTLETS, **ROI_REPORTLETS}
+_SECTIONS = (*[s for s in SECTIONS if s != "Accuracy"], "Regions", *[s for s in SECTIONS if s == "Accuracy"])
 
 
 @dataclass
@@ -69,17 +76,17 @@ def collect_runs(output_dir: str | os.PathLike, subject: str) -> list[Run]:
     sub_dir = out / f"sub-{subject}"
     runs: dict[str, Run] = {}
     files = sorted(p for p in sub_dir.glob("**/figures/*") if p.is_file()) if sub_dir.is_dir() else []
-    order = list(REPORTLETS)
+    order = list(_REPORTLETS)
     found = []
     for p in files:
         m = _NAME.match(p.name)
-        if not m or not m["prefix"].startswith(f"sub-{subject}") or m["desc"] not in REPORTLETS:
+        if not m or not m["prefix"].startswith(f"sub-{subject}") or m["desc"] not in _REPORTLETS:
             continue
         found.append((m["prefix"], order.index(m["desc"]), _EXT_ORDER[m["ext"]], p, m))
     for prefix, _, _, p, m in sorted(found, key=lambda t: t[:3]):
         run = runs.setdefault(prefix, Run(prefix, _run_title(prefix)))
         desc, ext = m["desc"], m["ext"]
-        _, section, caption = REPORTLETS[desc]
+        _, section, caption = _REPORTLETS[desc]
         rel = p.relative_to(out).as_posix()
         if ext == ".html":
             item = Reportlet(desc, "html", caption, rel, Markup(p.read_text(encoding="utf-8")))
@@ -89,7 +96,7 @@ def collect_runs(output_dir: str | os.PathLike, subject: str) -> list[Run]:
             item = Reportlet(desc, "link", f"{caption}: numbers ({p.name})", rel)
         run.sections.setdefault(section, []).append(item)
     for run in runs.values():
-        run.sections = {s: run.sections[s] for s in SECTIONS if s in run.sections}
+        run.sections = {s: run.sections[s] for s in _SECTIONS if s in run.sections}
     return [runs[k] for k in sorted(runs)]
 
 

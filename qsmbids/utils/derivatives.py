@@ -33,15 +33,21 @@ BIDS_VERSION = "1.10.0"
 #: Outputs BIDS has no name for yet, and the files of a BIDS App that are not data (reports, figures, logs).
 #: ``swi``/``minIP`` are the suffixes proposed for the specification (bids-specification PRs #2343 and #2538).
 #: Folders are given without a trailing ``/``: bids-validator 3 does not match folders written ``figures/``.
+#: The ROI step's transforms (``_xfm``: BIDS derivatives name them, the validator's schema does not yet) and
+#: statistics tables (``_stats``) and the group level's outputs are listed too.
 BIDSIGNORE_PATTERNS: tuple[str, ...] = (
     "*_desc-total_fieldmap.*",
     "*_desc-local_fieldmap.*",
     "*_swi.*",
     "*_minIP.*",
+    "*_xfm.*",
+    "*_stats.*",
     "sub-*.html",
     "sub-*/figures",
     "sub-*/log",
     "logs",
+    "group",
+    "group.html",
 )
 
 _NAME = "qsmbids"

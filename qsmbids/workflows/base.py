@@ -19,7 +19,7 @@ from .. import __version__
 from ..interfaces.io import LoadMegre, SidecarMetadata
 from . import qsm as stages
 
-__all__ = ["init_qsmbids_wf", "init_single_run_wf", "init_single_subject_wf", "run_stages", "wf_name"]
+__all__ = ["init_qsmbids_wf", "init_single_run_wf", "init_single_subject_wf", "roi_inputs", "run_stages", "wf_name"]
 
 
 def wf_name(run_name: str) -> str:
@@ -37,6 +37,52 @@ def run_stages(*, has_magnitude: bool, n_echoes: int, outputs: tuple[str, ...]) 
     return tuple(out)
 
 
+def roi_inputs(run: dict[str, Any], bids_root: str, processing: dict[str, Any]) -> dict[str, Any] | None:
+    """How a run gets its regions: ``{"atlas", "t1w", "segmentation"}``, or None for no ROI step.
+
+    ``processing["roi"]`` (default True) turns the step on; it needs the magnitude to register the atlas, or an
+    existing segmentation (``processing["segmentation_dir"]``). The subject's T1w (``run["t1w"]``, else the
+    first ``*_T1w.nii*`` of the run's session, then of the subject) is the registration target when there is one.
+    A run without a segmentation in the segmentation folder gets no ROI step (the group level lists it as missing).
+    """
+    from ..interfaces.roi import find_segmentation, find_t1w
+
+    if not processing.get("roi", True):
+        return None
+    seg_dir = processing.get("segmentation_dir")
+    t1w = run["t1w"] if "t1w" in run else find_t1w(bids_root, run["entities"])
+    if seg_dir:
+        found = find_segmentation(seg_dir, run["entities"])
+        if found is None or found[1] is None:
+            import logging
+
+            logging.getLogger("qsmbids").warning("[%s] no segmentation with a labels TSV in %s: no ROI statistics",
+                                                 run["name"], seg_dir)
+            return None
+        dseg, tsv = found
+        return {"atlas": None, "t1w": None, "segmentation": (str(dseg), str(tsv), _same_grid_anat(dseg, t1w))}
+    if not run["magnitude"]:
+        return None
+    return {"atlas": processing.get("atlas", "HarvardOxford"), "t1w": t1w, "segmentation": None}
+
+
+def _same_grid_anat(dseg, t1w: str | None) -> str | None:
+    """An anatomical image on the segmentation's grid (a preprocessed T1w beside it, or the raw T1w): the target
+    of the rigid magnitude registration that brings the segmentation into the run."""
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+
+    ref = nib.load(str(dseg))
+    cands = sorted(Path(dseg).parent.glob("*desc-preproc_T1w.nii*")) + ([Path(t1w)] if t1w else [])
+    for c in cands:
+        img = nib.load(str(c))
+        if img.shape[:3] == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-3):
+            return str(c)
+    return None
+
+
 def init_qsmbids_wf(
     *,
     runs: list[dict[str, Any]],
@@ -51,7 +97,8 @@ def init_qsmbids_wf(
     """Everything for the given runs. ``runs``: dicts with name, entities, phase, magnitude, echo_times,
     field_strength, phase_units, sources, warnings, truth, n_voxels. ``processing``: mask, unwrap, combine,
     bgremove, inversion, reference (method names), params ({method or stage: {name: value}}), b0_direction
-    ("auto" or 3 floats) and outputs (tuple)."""
+    ("auto" or 3 floats) and outputs (tuple); optional roi (bool, default True), atlas and segmentation_dir (see
+    :func:`roi_inputs`)."""
     wf = Workflow(name=name)
     wf.__desc__ = (f"Results included in this manuscript come from preprocessing performed using *qsmbids* "
                    f"{__version__}, which is based on *Nipype* [@nipype1] and *NiWorkflows*, with inputs found by "
@@ -91,7 +138,7 @@ def init_single_subject_wf(*, subject: str, runs: list[dict[str, Any]], output_d
 def init_single_run_wf(*, run: dict[str, Any], output_dir: str, bids_root: str, processing: dict[str, Any],
                        omp_nthreads: int = 1, device: str = "cpu", name: str | None = None) -> Workflow:
     """One MEGRE run: load → mask → unwrap → combine → background removal → inversion → reference
-    (→ R2*/T2*, SWI/minIP), then derivatives and reportlets."""
+    (→ R2*/T2*, SWI/minIP), then regions of interest (:func:`roi_inputs`), derivatives and reportlets."""
     from .outputs import init_ds_run_wf
     from .reports import init_report_wf
 
@@ -202,6 +249,25 @@ def init_single_run_wf(*, run: dict[str, Any], output_dir: str, bids_root: str, 
     if swi_wf is not None:
         wf.connect(swi_wf, "outputnode.swi", ds_run_wf, "inputnode.swi")
         wf.connect(swi_wf, "outputnode.minip", ds_run_wf, "inputnode.minip")
+
+    # regions of interest
+    roi = roi_inputs(run, bids_root, processing)
+    if roi is not None:
+        from .roi import init_roi_wf
+
+        roi_wf = init_roi_wf(output_dir=output_dir, bids_root=bids_root, inversion=processing["inversion"],
+                             reference=processing["reference"], atlas=roi["atlas"] or "HarvardOxford",
+                             t1w=roi["t1w"], segmentation=roi["segmentation"])
+        roi_wf.inputs.inputnode.source_files = list(run["phase"]) + list(run["magnitude"])
+        wf.connect([
+            (mask_wf, roi_wf, [("outputnode.out_file", "inputnode.mask")]),
+            (bgremove_wf, roi_wf, [("outputnode.out_mask", "inputnode.support")]),
+            (reference_wf, roi_wf, [("outputnode.out_file", "inputnode.chimap")]),
+        ])
+        if has_mag:
+            wf.connect(load, "magnitude", roi_wf, "inputnode.magnitude")
+        else:  # an existing segmentation on a phase-only run: the χ map gives the grid
+            wf.connect(reference_wf, "outputnode.out_file", roi_wf, "inputnode.magnitude")
 
     # reportlets
     truth = run.get("truth") or {}
