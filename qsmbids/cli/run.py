@@ -4,19 +4,15 @@ Every refusal is one line on stderr and a BIDS-Apps exit code (see :mod:`qsmbids
 checked completely (sidecars, headers and every voxel) before anything is written to the output folder, so a bad
 input leaves no half-written derivative behind. Progress: one line per finished stage per run.
 
-Reliability on shared clusters: derivatives are written atomically (the sinks stage every file and rename it into
-place), so a killed run leaves no truncated output; a rerun with the same work folder recomputes only what did not
-finish, after :func:`_repair_work_dir` has dropped node results that cannot be read back (a run killed while
-nipype wrote them, a damaged disk) and :func:`_remove_stale_staging` the staging folders of killed sinks. A full
-disk or a read-only folder while running is reported like a refusal (one line, exit 73), not as a crash.
+Reliability on shared clusters (:mod:`qsmbids.cli.recovery`): derivatives are written atomically, a rerun with the
+same work folder recomputes only what did not finish (after repairing a damaged work folder), and a full disk or a
+read-only folder while running is reported like a refusal (one line, exit 73), not as a crash.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -33,17 +29,21 @@ from .exit_codes import (
     EX_UNKNOWN_LEVEL,
     EX_USAGE,
 )
+from .recovery import (
+    WRITE_ERRNOS,
+    missing_inputs,
+    remove_monitor_files,
+    remove_stale_staging,
+    repair_work_dir,
+    write_error_in,
+    write_error_line,
+)
 
 LOG = logging.getLogger("qsmbids")
 #: methods that need the magnitude images
 _NEEDS_MAGNITUDE = {"mask": {"combined", "magnitude"}, "inversion": {"medi"}, "reference": {"csf"}}
 #: the per-run stage nodes (progress lines, resource monitoring), in order
 STAGES = ("load", "mask", "unwrap", "combine", "bgremove", "invert", "reference", "relax", "swi")
-#: errors that mean "cannot write here" rather than "the software failed": exit 73 with one line
-_WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                 errno.EPERM: "operation not permitted"}
-_STAGING_PREFIX = ".qsmbids-sink-"
 
 
 class _Refusal(Exception):
@@ -78,9 +78,10 @@ def _main(argv: list[str] | None) -> int:
         print(f"qsmbids: error: {err}", file=sys.stderr)
         return err.code
     except OSError as err:
-        if err.errno not in _WRITE_ERRNOS:
+        if err.errno not in WRITE_ERRNOS:
             raise
-        print(f"qsmbids: error: {_write_error_line(err.filename, err.errno)}", file=sys.stderr)
+        where = err.filename or settings.execution.output_dir
+        print(f"qsmbids: error: {write_error_line(where, err.errno)}", file=sys.stderr)
         return EX_CANTCREAT
     except KeyboardInterrupt:
         print("qsmbids: interrupted", file=sys.stderr)
@@ -103,12 +104,6 @@ def _setup_logging(verbosity: int) -> None:
     ncfg.set("logging", "workflow_level", level)
     ncfg.set("logging", "interface_level", "WARNING" if verbosity < 2 else "DEBUG")
     nlogging.update_logging(ncfg)
-
-
-def _write_error_line(path, code: int, context: str = "") -> str:
-    """``<path>: cannot write (no space left on device)...`` for an OSError met while writing."""
-    return (f"{path}: cannot write ({_WRITE_ERRNOS.get(code, os.strerror(code))}){context}; nothing half-written "
-            "was left: free space or fix the permissions, then rerun with the same -w to resume")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -338,6 +333,12 @@ def _build_and_run(settings, runs, subjects: list[str], processing: dict, omp: i
                          processing=processing, omp_nthreads=omp, device=device)
     wf.base_dir = str(work)
     _monitor_stages_only(wf)
+    missing = [] if ex.boilerplate_only else missing_inputs(wf)
+    if missing:  # a workflow bug: MultiProc would hang on it, so stop before anything runs
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        print(f"qsmbids: error: internal error: {missing[0]} is never given a value{more}; nothing was run "
+              "(please report this with the command line)", file=sys.stderr)
+        return EX_SOFTWARE
     _write_boilerplate(wf, out)
     if ex.boilerplate_only:
         LOG.info("Boilerplate written to %s", out / "logs" / "CITATION.md")
@@ -345,22 +346,22 @@ def _build_and_run(settings, runs, subjects: list[str], processing: dict, omp: i
 
     write_derivative_description(Path(ex.bids_dir), out, version=__version__)
     write_bidsignore(out)
-    repaired = _repair_work_dir(work / wf.name)
+    repaired = repair_work_dir(work / wf.name)
     if repaired:
         LOG.info("work folder: %d unusable node result(s) removed (unreadable, or their files are gone); those "
                  "steps are recomputed", repaired)
-    _remove_stale_staging(out, subjects)
+    remove_stale_staging(out, subjects)
     code = _execute(wf, settings, runs, omp)
     if code == EX_CANTCREAT:
         return code  # the disk is full or read-only: writing the reports would only fail again
     try:
         errors = _reports(out, subjects, ex.run_uuid)
     except OSError as err:
-        if err.errno not in _WRITE_ERRNOS:
+        if err.errno not in WRITE_ERRNOS:
             raise
         if code != EX_OK:
             return code  # its one line is printed; the report could not be written either
-        raise _Refusal(EX_CANTCREAT, _write_error_line(err.filename, err.errno)) from None
+        raise _Refusal(EX_CANTCREAT, write_error_line(err.filename or ex.output_dir, err.errno)) from None
     elapsed = time.perf_counter() - t_start
     if code == EX_OK:
         LOG.info("qsmbids finished in %.1f s. Derivatives: %s", elapsed, out)
@@ -437,74 +438,6 @@ def _monitor_stages_only(wf) -> None:
             node.interface.resource_monitor = False
 
 
-def _repair_work_dir(root: Path) -> int:
-    """Remove the folders of nodes that nipype would take as finished but whose results cannot be used.
-
-    Nipype marks a finished node with a ``_0x<hash>.json`` file and reads its ``result_<node>.pklz`` when a later
-    node needs its outputs; a result file that is truncated or garbage (a run killed while it was written, a damaged
-    or full disk), or outputs that disappeared (a derivative deleted by hand, a scrubbed scratch folder), would make
-    the rerun crash instead of resume. Such a node folder is deleted, so the node and everything after it is
-    recomputed (with timestamp hashing, the new outputs invalidate the nodes that consumed the old ones). Returns
-    the number of node folders removed.
-    """
-    from nipype.pipeline.engine.utils import load_resultfile
-
-    if not root.is_dir():
-        return 0
-    removed, changed = 0, True
-    while changed:  # until no node points at files of a removed one (pass-through nodes such as merge_meta)
-        changed = False
-        for hashfile in sorted(root.rglob("_0x*.json")):
-            node_dir = hashfile.parent
-            if hashfile.name.endswith("_unfinished.json") or not node_dir.is_dir():
-                continue  # nipype reruns unfinished nodes by itself
-            results = list(node_dir.glob("result_*.pklz"))
-            try:
-                if len(results) != 1:
-                    raise ValueError("no result file")
-                outputs = load_resultfile(str(results[0])).outputs
-                if outputs is None:
-                    raise ValueError("no outputs")
-                missing = [p for p in _paths(outputs.get()) if not Path(p).exists()]
-                if missing:
-                    raise FileNotFoundError(missing[0])
-            except Exception as err:  # noqa: BLE001 — unpickling garbage raises anything
-                LOG.debug("work folder: %s is not usable (%s); recomputing it", node_dir, err)
-                shutil.rmtree(node_dir, ignore_errors=True)
-                removed += 1
-                changed = True
-    return removed
-
-
-def _paths(value) -> list[str]:
-    """Absolute file paths among a node's outputs (nested lists and dicts included)."""
-    if isinstance(value, str):
-        return [value] if os.path.isabs(value) else []
-    if isinstance(value, dict):
-        return [p for v in value.values() for p in _paths(v)]
-    if isinstance(value, (list, tuple)):
-        return [p for v in value for p in _paths(v)]
-    return []
-
-
-def _remove_stale_staging(out: Path, subjects: list[str]) -> None:
-    """Delete the staging folders that killed sinks of these subjects left in the output folder.
-
-    A sink writes into ``<output>/.qsmbids-sink-*/sub-<label>/...`` and renames the finished files into place; a
-    staging folder holding only this run's subjects belongs to a run of ours that was killed. Folders holding other
-    subjects may belong to a run writing right now (array jobs share the output folder) and are left alone, as are
-    empty ones younger than an hour.
-    """
-    ours = {f"sub-{s}" for s in subjects}
-    for stage in out.glob(f"{_STAGING_PREFIX}*"):
-        if not stage.is_dir():
-            continue
-        entries = {p.name for p in stage.iterdir()}
-        stale = (entries and entries <= ours) or (not entries and time.time() - stage.stat().st_mtime > 3600)
-        if stale:
-            shutil.rmtree(stage, ignore_errors=True)
-
-
 def _execute(wf, settings, runs, omp: int) -> int:
     """Run the workflow with the chosen plugin, printing one line per finished stage per run."""
 
@@ -551,59 +484,18 @@ def _execute(wf, settings, runs, omp: int) -> int:
         nodes = sorted({c.name.split("-")[4] for c in crashes if c.name.count("-") >= 5})
         what = f" in {', '.join(nodes)}" if nodes else ""
         where = f"; see {crashes[0]}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else "") if crashes else ""
-        write_error = _write_error_in(exc, crashes)
+        write_error = write_error_in(exc, crashes)
         if write_error is not None:
             path, code = write_error
-            line = _write_error_line(path or settings.execution.output_dir, code, f"{what}{where}")
+            line = write_error_line(path or settings.execution.output_dir, code, f"{what}{where}")
             print(f"qsmbids: error: {line}", file=sys.stderr)
             return EX_CANTCREAT
         print(f"qsmbids: error: processing failed{what}{where}", file=sys.stderr)
         return EX_SOFTWARE
     finally:
         os.chdir(cwd)
-        _remove_monitor_files(Path(wf.base_dir))
+        remove_monitor_files(Path(wf.base_dir))
     return EX_OK
-
-
-def _remove_monitor_files(work: Path) -> None:
-    """Delete the resource monitor's sample files of finished processes (nipype has read them into the results);
-    those of live processes may belong to another run sharing the work folder and are kept."""
-    for f in work.glob(".proc-*_time-*"):
-        pid = f.name.split("_", 1)[0].removeprefix(".proc-")
-        try:
-            if int(pid) == os.getpid():
-                raise ProcessLookupError  # nodes run in this process (Linear plugin) are finished too
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            f.unlink(missing_ok=True)
-        except (ValueError, OSError):
-            continue
-
-
-_ERRNO_LINE = re.compile(r"\w+Error: \[Errno (\d+)\][^\n']*(?:'([^'\n]+)')?")
-
-
-def _write_error_in(exc: BaseException, crashes: list[Path]) -> tuple[str | None, int] | None:
-    """(path, errno) when the run failed because a folder could not be written (disk full, quota, read-only).
-
-    The nodes fail in worker processes, so the OSError reaches this process only as text in the crash files; when
-    the disk is so full that not even the crash file could be written, the error is nipype's own.
-    """
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _WRITE_ERRNOS:
-            return seen.filename, seen.errno
-        seen = seen.__cause__ or seen.__context__
-    for crash in crashes:
-        try:
-            text = crash.read_text(errors="replace")
-        except OSError:
-            continue
-        for match in _ERRNO_LINE.finditer(text):
-            code = int(match.group(1))
-            if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                return match.group(2), code
-    return None
 
 
 def _reports(out: Path, subjects: list[str], run_uuid: str) -> int:

@@ -23,7 +23,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-__all__ = ["LoadMegre", "SidecarMetadata", "echoes_first", "echoes_last", "load_nifti", "read_meta", "save_nifti", "write_meta"]
+__all__ = ["LoadMegre", "SidecarMetadata", "echoes_first", "echoes_last", "load_nifti", "peak_memory_gb", "read_meta",
+           "save_nifti", "write_meta"]
 
 
 def load_nifti(path: str, dtype=np.float32) -> tuple[np.ndarray, Any]:
@@ -75,6 +76,38 @@ def write_meta(path: str | Path, *, stage: str, label: str, method: str | None, 
     path = Path(path).absolute()
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return str(path)
+
+
+def peak_memory_gb(runtime) -> float | None:
+    """Peak resident memory (GB) of this process and its children so far, from nipype's resource monitor.
+
+    With the monitor on (``qsmbids`` enables it when psutil is installed), nipype samples the process every
+    ``resource_monitor_frequency`` seconds into the file named by ``runtime.resmon`` while the interface runs; the
+    stage reads those samples and adds one of its own now, so the value lands in the stage's meta record (and the
+    report) although nipype only totals it after the interface returns. ``None`` when the monitor is off.
+    """
+    fname = getattr(runtime, "resmon", None)
+    if not fname or fname == "off" or not Path(fname).is_file():
+        return None
+    try:
+        import psutil
+
+        proc = psutil.Process()
+        now_mb = proc.memory_info().rss / 2**20
+        for child in proc.children(recursive=True):
+            try:
+                now_mb += child.memory_info().rss / 2**20
+            except psutil.Error:
+                pass
+    except (ImportError, OSError):
+        now_mb = 0.0
+    try:
+        rows = [line.split(",") for line in Path(fname).read_text().splitlines() if line.count(",") >= 3]
+        sampled_mb = max((float(r[2]) for r in rows), default=0.0)
+    except (OSError, ValueError):
+        sampled_mb = 0.0
+    peak = max(now_mb, sampled_mb)
+    return round(peak / 1024, 3) if peak > 0 else None
 
 
 def _plain(x: Any) -> Any:
@@ -183,6 +216,7 @@ class LoadMegre(SimpleInterface):
             "phase_units": detected, "phase_units_sidecar": units or None, "has_magnitude": has_mag,
             "sources": list(self.inputs.sources) if isdefined(self.inputs.sources) else [],
         }
+        info["peak_memory_gb"] = peak_memory_gb(runtime)
         self._results["out_meta"] = write_meta(
             "load_meta.json", stage="load", label="Load and scale", method=None,
             params={"b0_direction": "auto" if self.inputs.b0_direction == "auto" else list(b0)},

@@ -2,8 +2,12 @@
 
 Every stage reads the load-stage meta (echo times, field strength, B0 direction, voxel size), runs one function of
 the numerical core with the method and parameters it was given, and writes its outputs and a meta record (method,
-parameters, runtime, warnings, solver information) for the report and the derivative sidecars. ``num_threads`` and
-``device`` do not enter the node hash, so changing them never invalidates the work directory.
+parameters, runtime, peak memory, warnings, solver information) for the report and the derivative sidecars.
+``num_threads`` and ``device`` do not enter the node hash, so changing them never invalidates the work directory.
+
+Stages are deterministic on the CPU: the same inputs and thread count give bit-identical outputs (torch's
+deterministic algorithms are requested and its generator seeded, in case a method ever draws random numbers), which
+is what lets a resumed run reproduce an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from .io import echoes_first, echoes_last, load_nifti, read_meta, save_nifti, write_meta
+from .io import (
+    echoes_first,
+    echoes_last,
+    load_nifti,
+    peak_memory_gb,
+    read_meta,
+    save_nifti,
+    write_meta,
+)
 
 __all__ = [
     "BackgroundRemoval",
@@ -55,7 +67,18 @@ class _Stage(SimpleInterface):
         t0 = time.perf_counter()
         self._load_meta = read_meta(self.inputs.in_meta)["info"]
         self._warnings: list[str] = []
-        info = self._compute() or {}
+        # deterministic CPU algorithms and a fixed seed for this stage only: the process may be the caller's own
+        # (Linear plugin, tests), whose generator state and flags are put back afterwards
+        deterministic = (torch.are_deterministic_algorithms_enabled(),
+                         torch.is_deterministic_algorithms_warn_only_enabled())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            torch.use_deterministic_algorithms(self._device().type == "cpu", warn_only=True)
+            try:
+                info = self._compute() or {}
+            finally:
+                torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        info["peak_memory_gb"] = peak_memory_gb(runtime)
         self._results["out_meta"] = write_meta(
             f"{self.stage}_meta.json", stage=self.stage, label=self.label, method=self.inputs.method,
             params=dict(self.inputs.params), runtime_s=time.perf_counter() - t0, warnings=self._warnings, info=info)

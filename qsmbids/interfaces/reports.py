@@ -9,6 +9,7 @@ directory; ``ds_report_*`` sinks then copy the results into ``sub-XX/figures/``,
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
@@ -435,9 +436,12 @@ class Accuracy(SimpleInterface):
         def opt(v):
             return v if isdefined(v) else None
 
-        metrics, (est, tru, names) = accuracy_metrics(
-            i.in_chimap, i.in_mask, i.truth_chimap, opt(i.truth_mask), opt(i.truth_dseg), opt(i.truth_dseg_tsv)
-        )
+        try:
+            metrics, (est, tru, names) = accuracy_metrics(
+                i.in_chimap, i.in_mask, i.truth_chimap, opt(i.truth_mask), opt(i.truth_dseg), opt(i.truth_dseg_tsv)
+            )
+        except ValueError as exc:  # e.g. a ground truth on another grid: report it, never fail the run for it
+            return self._unavailable(runtime, str(exc))
         fig = plot_accuracy(
             est, tru, names, os.path.join(runtime.cwd, "accuracy.svg"),
             title="Regional means" if names else "Voxels (subsample)",
@@ -451,4 +455,21 @@ class Accuracy(SimpleInterface):
         with open(out_html, "w", encoding="utf-8") as fh:
             fh.write(_accuracy_html(metrics))
         self._results.update(out_report=out_html, out_figure=fig["out_file"], out_metrics=out_json)
+        return runtime
+
+    def _unavailable(self, runtime, reason: str):
+        """The accuracy section says why it is empty; the run itself goes on."""
+        out_json = os.path.join(runtime.cwd, "accuracy.json")
+        with open(out_json, "w", encoding="utf-8") as fh:
+            json.dump({"error": reason}, fh, indent=2)
+            fh.write("\n")
+        out_html = os.path.join(runtime.cwd, "accuracy.html")
+        with open(out_html, "w", encoding="utf-8") as fh:
+            fh.write(f'<div class="qsm-accuracy"><p class="warning">Accuracy not computed: {html.escape(reason)}</p>'
+                     "</div>\n")
+        out_svg = os.path.join(runtime.cwd, "accuracy.svg")
+        with open(out_svg, "w", encoding="utf-8") as fh:
+            fh.write('<svg xmlns="http://www.w3.org/2000/svg" width="320" height="40"><text x="8" y="24" '
+                     'font-family="sans-serif" font-size="13">Accuracy not computed (see the note)</text></svg>\n')
+        self._results.update(out_report=out_html, out_figure=out_svg, out_metrics=out_json)
         return runtime

@@ -11,6 +11,7 @@ echoes. Single-echo ``T2starw`` data with ``part-phase`` are accepted too where 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -32,6 +33,9 @@ ENTITY_ORDER = ("subject", "session", "acquisition", "reconstruction", "run")
 SHORT = {"subject": "sub", "session": "ses", "acquisition": "acq", "reconstruction": "rec", "run": "run"}
 #: an echo time of this many seconds or more is surely in milliseconds (the longest GRE echoes are ~ 0.1 s)
 TE_MS_THRESHOLD = 0.2
+#: voxel sizes (mm) outside this range are refused: above 10 mm the background-removal kernels and the dipole model
+#: have no brain left to work on (and such values usually mean pixdim in the wrong units); below 10 µm, the same
+VOXEL_MM_RANGE = (0.01, 10.0)
 
 
 class InputError(Exception):
@@ -114,7 +118,10 @@ def check_bids_root(bids_dir: Path) -> None:
         raise InputError(EX_NOINPUT, f"{bids_dir}: not a folder")
     desc = bids_dir / "dataset_description.json"
     if not desc.is_file():
-        raise InputError(EX_VALIDATION, f"{desc}: missing; {bids_dir} is not a BIDS dataset")
+        hint = ""
+        if not any(bids_dir.glob("sub-*")):
+            hint = " (no sub-<label> folders either: convert the scanner data to BIDS first, e.g. with dcm2bids)"
+        raise InputError(EX_VALIDATION, f"{desc}: missing; {bids_dir} is not a BIDS dataset{hint}")
     try:
         json.loads(desc.read_text())
     except ValueError as err:
@@ -166,6 +173,8 @@ def collect_runs(
     subjects = [s.removeprefix("sub-") for s in participant_label]
     sessions = [s.removeprefix("ses-") for s in session_label]
     all_subjects = set(layout.get_subjects())
+    if not all_subjects:
+        raise InputError(EX_NO_MATCH, f"{bids_dir}: the dataset is empty (no sub-<label> folder with data)")
     if subjects:
         missing = sorted(set(subjects) - all_subjects)
         if missing:
@@ -219,8 +228,9 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
     echoes = [f.get_entities().get("echo") for f in phase_files]
     first = phase_files[0].path
     if len(phase_files) > 1 and any(e is None for e in echoes):
-        raise InputError(EX_DATAERR, f"{first}: {len(phase_files)} phase files for one run but not all have an "
-                                     "echo- entity (4-D and 3-D files mixed?)")
+        four_d = next(f.path for f, e in zip(phase_files, echoes, strict=True) if e is None)
+        raise InputError(EX_DATAERR, f"{four_d}: {len(phase_files)} phase files for one run but not all have an "
+                                     "echo- entity (4-D and 3-D files mixed); keep one form")
     phase_files = sorted(phase_files, key=lambda f: int(f.get_entities().get("echo") or 0))
     mags = []
     for f in phase_files:
@@ -231,6 +241,8 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
                                       extension=[".nii", ".nii.gz"])]
         mags.append(hits[0].path if hits else None)
     have = [m is not None for m in mags]
+    if not any(have):
+        _refuse_mixed_magnitude(layout, phase_files[0])
     if any(have) and not all(have):
         missing = [p.path for p, h in zip(phase_files, have, strict=True) if not h]
         raise InputError(EX_DATAERR, f"{missing[0]}: no matching part-mag image (echo counts of magnitude and phase "
@@ -261,6 +273,7 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
                                          "be on the same grid)")
     if min(ref_shape[:3]) < 2:
         raise InputError(EX_DATAERR, f"{ref_path}: a single-slice (2-D) image {ref_shape} cannot be processed in 3-D")
+    _check_voxel_size(ref_path, nib.load(ref_path).header.get_zooms()[:3])
     n_echoes = ref_shape[3] if four_d else len(phase_paths)
 
     meta = layout.get_metadata(phase_paths[0])
@@ -290,7 +303,7 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
     if any(t >= TE_MS_THRESHOLD for t in tes):
         raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: EchoTime {max(tes):g} looks like milliseconds; "
                                      "BIDS wants seconds (fix the sidecars or give --echo-times in seconds)")
-    if any(b <= a for a, b in zip(tes, tes[1:])):
+    if any(b <= a for a, b in itertools.pairwise(tes)):
         raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: echo times {list(tes)} are not increasing")
     if n_echoes < min_echoes:
         raise InputError(EX_DATAERR, f"{phase_paths[0]}: {n_echoes} echo(es), but the chosen methods need at least "
@@ -311,13 +324,55 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
                     field_strength=float(b0), phase_units=meta.get("Units"), warnings=tuple(warnings))
 
 
+def _refuse_mixed_magnitude(layout, phase_file) -> None:
+    """No magnitude matched: if there is one in the other form (4-D vs per-echo 3-D), say so instead of "none"."""
+    from bids.layout import Query
+
+    ents = {k: v for k, v in phase_file.get_entities().items() if k not in ("part", "extension", "echo")}
+    echo = phase_file.get_entities().get("echo")
+    absent = {k: Query.NONE for k in ENTITY_ORDER if k not in ents}
+    hits = layout.get(**ents, **absent, part=["mag", "magnitude"], extension=[".nii", ".nii.gz"])
+    other = [h for h in hits if (h.get_entities().get("echo") is None) != (echo is None)]
+    if other:
+        form = "one 4-D phase image" if echo is None else "one 3-D phase image per echo"
+        raise InputError(EX_DATAERR, f"{phase_file.path}: {form}, but the magnitude ({Path(other[0].path).name}) "
+                                     "is stored the other way (4-D and 3-D files mixed); store both parts alike")
+
+
+def _check_voxel_size(path: str, zooms) -> None:
+    """Refuse voxel sizes outside :data:`VOXEL_MM_RANGE` (65): the numbers of the header, as the stages use them."""
+    lo, hi = VOXEL_MM_RANGE
+    vs = [float(z) for z in zooms]
+    if not all(math.isfinite(v) and lo <= v <= hi for v in vs):
+        shown = " × ".join(f"{v:g}" for v in vs)
+        raise InputError(EX_DATAERR, f"{path}: voxel size {shown} mm is outside {lo:g}–{hi:g} mm (wrong pixdim or "
+                                     "units in the header?)")
+
+
+def _header_only(path: str, img) -> bool:
+    """True when the file ends right after the header: a NIfTI written without its image data."""
+    import gzip
+
+    offset = max(352, int(img.header.get_data_offset()))  # single-file NIfTI: data start at 352 bytes or later
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "rb") as fh:
+            return len(fh.read(offset + 1)) <= offset
+    return Path(path).stat().st_size <= offset
+
+
 def _check_data(run: MegreRun) -> None:
     """Read every voxel once: truncated files, NaN/Inf, all-zero phase or magnitude → 65."""
     import nibabel as nib
 
     for p in run.source_files:
         try:
-            data = np.asanyarray(nib.load(p).dataobj)
+            img = nib.load(p)
+            if _header_only(p, img):
+                raise InputError(EX_DATAERR, f"{p}: holds a NIfTI header but no image data (incomplete export or "
+                                             "copy?)")
+            data = np.asanyarray(img.dataobj)
+        except InputError:
+            raise
         except Exception as err:  # noqa: BLE001
             raise InputError(EX_DATAERR, f"{p}: corrupt or truncated NIfTI ({_short(err)})") from None
         if data.size == 0:

@@ -147,6 +147,9 @@ def init_single_run_wf(*, run: dict[str, Any], output_dir: str, bids_root: str, 
     has_mag = bool(run["magnitude"])
     n_echoes = len(run["echo_times"])
     todo = run_stages(has_magnitude=has_mag, n_echoes=n_echoes, outputs=outputs)
+    # a run makes only the outputs its stages can: sinks/reportlets for the others would have no input
+    outputs = tuple(o for o in outputs if not ((o in ("r2star", "t2star") and "relax" not in todo)
+                                               or (o in ("swi", "minip") and "swi" not in todo)))
     nvox = int(run.get("n_voxels", 256 * 256 * 176))
 
     def mem(stage: str) -> float:

@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 
-from qsmbids.interfaces.reports import Accuracy, MapReportlet, MaskReportlet, RunSummary
+from qsmbids.interfaces.reports import Accuracy, MapReportlet, MaskReportlet, RunSummary, accuracy_metrics
 from tests.reports._synth import (
     AFFINE,
     NUCLEI,
@@ -143,7 +143,11 @@ def test_accuracy_without_segmentation_or_variation(tmp_path, truth):
     bad = tmp_path / "bad.nii.gz"
     nb.Nifti1Image(np.zeros((4, 4, 4), np.float32), AFFINE).to_filename(bad)
     with pytest.raises(ValueError, match="grid of the estimate"):
-        Accuracy(in_chimap=str(bad), in_mask=str(bad), truth_chimap=truth["chimap"]).run(cwd=str(tmp_path))
+        accuracy_metrics(str(bad), str(bad), truth["chimap"])
+    # the node reports the problem in the section instead of failing the run
+    res = Accuracy(in_chimap=str(bad), in_mask=str(bad), truth_chimap=truth["chimap"]).run(cwd=str(tmp_path))
+    assert "grid of the estimate" in Path(res.outputs.out_report).read_text()
+    assert "error" in json.loads(Path(res.outputs.out_metrics).read_text())
 
 
 def test_figure_interfaces(tmp_path):

@@ -1,0 +1,60 @@
+"""The shipped weights: every file loads, matches its card and its Markdown card; on the simulator's test-preset
+dataset every model's χ is within a stated NRMSE of the truth (slow: 1 mm inference of a 3 mm head on CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from qsmbids.config import DEEP_MODELS
+from qsmbids.deep.weights import WEIGHTS_DIR, available_models, load_card, load_model, sha256_file
+
+SHIPPED = available_models()
+#: demeaned NRMSE (%) on the test preset (3 mm head, truth local field and brain mask → 1 mm inference), measured
+#: after training (see the model cards and the README); bounds leave ~10 % headroom for platform differences
+NRMSE_BOUND = {"unet": 95.0, "xqsm": 95.0, "ir2qsm": 95.0, "modl": 95.0, "nsidl": 95.0}
+
+
+def test_every_deep_model_is_shipped():
+    assert SHIPPED == sorted(DEEP_MODELS)
+
+
+def test_total_size_within_budget():
+    total = sum((WEIGHTS_DIR / f"{m}.pt").stat().st_size for m in SHIPPED)
+    assert total <= 60e6
+
+
+@pytest.mark.parametrize("model", SHIPPED)
+def test_weight_file_matches_card(model):
+    pt = WEIGHTS_DIR / f"{model}.pt"
+    card = load_card(pt)
+    assert sha256_file(pt) == card["sha256"]
+    assert card["name"] == model and card["parameters"] > 0
+    for key in ("training_command", "seed", "data_recipe", "hardware", "training_time_s", "validation", "papers"):
+        assert key in card, key
+    md = (WEIGHTS_DIR / f"{model}.md").read_text()
+    assert card["sha256"] in md and "Validation" in md
+    net = load_model(model)
+    assert sum(p.numel() for p in net.parameters()) == card["parameters"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", SHIPPED)
+def test_accuracy_on_test_preset(model, sim_bids):
+    from qsmbids.deep.infer import infer
+    from qsmbids.qsm import metrics
+
+    truth = sim_bids / "derivatives" / "qsmbids-sim" / "sub-01" / "anat"
+    img = nib.load(truth / "sub-01_desc-local_fieldmap.nii.gz")
+    field = img.get_fdata().astype(np.float32)
+    mask = nib.load(truth / "sub-01_desc-brain_mask.nii.gz").get_fdata() > 0
+    chi_true = nib.load(truth / "sub-01_Chimap.nii.gz").get_fdata().astype(np.float32)
+    chi, info = infer(field, mask, img.header.get_zooms()[:3], (0.0, 0.0, 1.0), model=model, device="cpu",
+                      threads=2, return_info=True)
+    assert np.isfinite(chi).all() and not chi[~mask].any()
+    err = metrics.nrmse(chi, chi_true, mask, mode="demeaned")
+    print(json.dumps({"model": model, "nrmse": round(err, 1), "seconds": round(info["seconds"], 1)}))
+    assert err < NRMSE_BOUND[model]
