@@ -59,3 +59,25 @@ def test_accuracy_on_test_preset(model, sim_bids):
     err = metrics.nrmse(chi, chi_true, mask, mode="demeaned")
     print(json.dumps({"model": model, "nrmse": round(err, 1), "seconds": round(info["seconds"], 1)}))
     assert err < NRMSE_BOUND[model]
+
+
+@pytest.mark.slow
+def test_app_with_deep_inversion(sim_bids, tmp_path):
+    """The participant level with a deep model: the Chimap sidecar names the model, its weights and the device."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "qsmbids", str(sim_bids), str(out), "participant", "-w",
+                           str(tmp_path / "work"), "--inversion", "modl", "--no-roi", "--outputs", "chimap", "mask",
+                           "--skip-bids-validation", "--nprocs", "2"], capture_output=True, text=True, timeout=900,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    anat = out / "sub-01" / "anat"
+    meta = json.loads((anat / "sub-01_desc-modl_Chimap.json").read_text())
+    inv = meta["DipoleInversion"]
+    assert inv["Model"] == "modl" and inv["Device"] == "cpu"
+    assert inv["WeightsSHA256"] == load_card(WEIGHTS_DIR / "modl.pt")["sha256"]
+    chi = nib.load(anat / "sub-01_desc-modl_Chimap.nii.gz").get_fdata()
+    assert np.isfinite(chi).all() and np.abs(chi).max() < 2.0
+    assert "unrolled" in (out / "logs" / "CITATION.md").read_text()
