@@ -473,6 +473,10 @@ def _execute(wf, settings, runs, omp: int) -> int:
 
     if name in ("MultiProc", "LegacyMultiProc", "Linear"):
         plugin_args["status_callback"] = callback
+    if name == "MultiProc":
+        # workers from a fork server, not forked from this process: a process that has already used torch's
+        # thread pool (qsmbids called from Python, or a test session) deadlocks in forked children
+        plugin_args.setdefault("mp_context", "forkserver")
     # nipype's resource monitor writes its samples (.proc-<pid>_*) into the current folder of the process that runs
     # a node, and MultiProc workers start in the current folder of this one: keep them in the work folder
     cwd = os.getcwd()
