@@ -88,7 +88,7 @@ def peak_memory_gb(runtime) -> float | None:
     """
     fname = getattr(runtime, "resmon", None)
     if not fname or fname == "off" or not Path(fname).is_file():
-        return None
+        return _peak_rss_gb()
     try:
         import psutil
 
@@ -108,6 +108,28 @@ def peak_memory_gb(runtime) -> float | None:
         sampled_mb = 0.0
     peak = max(now_mb, sampled_mb)
     return round(peak / 1024, 3) if peak > 0 else None
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak-RSS counter (Linux ``/proc/self/clear_refs``), so that :func:`peak_memory_gb`
+    measures one stage even in a worker process that ran others before. A no-op where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_gb() -> float | None:
+    """Peak resident memory of this process since :func:`reset_peak_rss` (``VmHWM``), when nipype's monitor did not
+    sample the stage (e.g. a worker started by a fork server, whose nipype configuration has the monitor off)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 2**20, 3)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _plain(x: Any) -> Any:
@@ -164,6 +186,7 @@ class LoadMegre(SimpleInterface):
         )
 
         t0 = time.perf_counter()
+        reset_peak_rss()
         warnings = list(self.inputs.warnings) if isdefined(self.inputs.warnings) else []
         phase, ref = self._stack(self.inputs.phase_files)
         n_bad = int((~np.isfinite(phase)).sum())

@@ -30,6 +30,7 @@ from .io import (
     load_nifti,
     peak_memory_gb,
     read_meta,
+    reset_peak_rss,
     save_nifti,
     write_meta,
 )
@@ -64,6 +65,7 @@ class _Stage(SimpleInterface):
         import torch
 
         torch.set_num_threads(max(1, int(self.inputs.num_threads)))
+        reset_peak_rss()
         t0 = time.perf_counter()
         self._load_meta = read_meta(self.inputs.in_meta)["info"]
         self._warnings: list[str] = []
