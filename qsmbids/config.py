@@ -52,6 +52,8 @@ STAGE_CHOICES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
 })
 #: Stage names that may key ``--param`` (parameters for whatever method the stage runs).
 STAGES: tuple[str, ...] = ("mask", "unwrap", "combine", "bgremove", "reference", "relax", "swi")
+#: The processing nodes of one run, in order (node names, progress lines, resource monitoring).
+RUN_STAGES: tuple[str, ...] = ("load", "mask", "unwrap", "combine", "bgremove", "invert", "reference", "relax", "swi")
 #: Every key accepted before the dot of ``--param KEY.NAME=VALUE``: stage names and method names.
 PARAM_KEYS: tuple[str, ...] = tuple(dict.fromkeys(
     STAGES + MASK_METHODS + UNWRAP_METHODS + COMBINE_METHODS + BGREMOVE_METHODS + INVERSION_METHODS

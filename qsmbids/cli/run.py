@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from ..config import RUN_STAGES
 from .exit_codes import (
     EX_CANTCREAT,
     EX_DATAERR,
@@ -43,7 +44,7 @@ LOG = logging.getLogger("qsmbids")
 #: methods that need the magnitude images
 _NEEDS_MAGNITUDE = {"mask": {"combined", "magnitude"}, "inversion": {"medi"}, "reference": {"csf"}}
 #: the per-run stage nodes (progress lines, resource monitoring), in order
-STAGES = ("load", "mask", "unwrap", "combine", "bgremove", "invert", "reference", "relax", "swi")
+STAGES = RUN_STAGES
 
 
 class _Refusal(Exception):

@@ -103,6 +103,12 @@ class _Stage(SimpleInterface):
     def field_strength(self) -> float:
         return float(self._load_meta["field_strength_t"])
 
+    def _magnitude(self) -> np.ndarray | None:
+        """The optional 4-D magnitude input as (E, X, Y, Z), or None for phase-only runs."""
+        if not isdefined(self.inputs.magnitude):
+            return None
+        return echoes_first(load_nifti(self.inputs.magnitude)[0])
+
     def _device(self):
         import torch
 
@@ -169,7 +175,7 @@ class BrainMask(_Stage):
         from ..qsm.mask import brain_mask
 
         phase, img = load_nifti(self.inputs.phase)
-        mag = echoes_first(load_nifti(self.inputs.magnitude)[0]) if isdefined(self.inputs.magnitude) else None
+        mag = self._magnitude()
         method = self.inputs.method
         if mag is None and method != "quality":
             self._warnings.append(f"no magnitude: mask method '{method}' replaced by 'quality'")
@@ -206,7 +212,7 @@ class Unwrap(_Stage):
         from ..qsm.echoes import combine_echoes
 
         phase, img = load_nifti(self.inputs.phase)
-        mag = echoes_first(load_nifti(self.inputs.magnitude)[0]) if isdefined(self.inputs.magnitude) else None
+        mag = self._magnitude()
         mask, _ = self._mask(self.inputs.mask)
         params = dict(self.inputs.params)
         n = phase.shape[3] if phase.ndim == 4 else 1
@@ -243,7 +249,7 @@ class CombineEchoes(_Stage):
         from ..qsm.echoes import fit_field
 
         phase, img = load_nifti(self.inputs.phase)
-        mag = echoes_first(load_nifti(self.inputs.magnitude)[0]) if isdefined(self.inputs.magnitude) else None
+        mag = self._magnitude()
         mask, _ = self._mask(self.inputs.mask)
         fit = fit_field(self._tensor(echoes_first(phase)), self.echo_times, None if mag is None else self._tensor(mag),
                         self._tensor(mask), weighting=self.inputs.method, **self.inputs.params)

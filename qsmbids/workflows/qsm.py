@@ -11,6 +11,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
+from ..config import RUN_STAGES
 from ..interfaces import qsm as iq
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 #: processing stages in order, as named in progress lines
-STAGES = ("load", "mask", "unwrap", "combine", "bgremove", "invert", "reference", "relax", "swi")
+STAGES = RUN_STAGES
 
 #: one sentence per method, with its citation key(s) in boilerplate.bib
 METHOD_TEXT = {
