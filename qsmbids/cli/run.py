@@ -81,12 +81,26 @@ def _main(argv: list[str] | None) -> int:
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
+        ex = settings.execution
+        if (err.filename and _inside(err.filename, ex.bids_dir) and not _inside(err.filename, ex.output_dir)
+                and not _inside(err.filename, ex.work_dir)):
+            # the input could not be read (e.g. a container user without access): not an output problem
+            print(f"qsmbids: error: {err.filename}: cannot read the input ({err.strerror}); check its permissions",
+                  file=sys.stderr)
+            return EX_NOINPUT
         where = err.filename or settings.execution.output_dir
         print(f"qsmbids: error: {write_error_line(where, err.errno)}", file=sys.stderr)
         return EX_CANTCREAT
     except KeyboardInterrupt:
         print("qsmbids: interrupted", file=sys.stderr)
         return 130
+
+
+def _inside(path, folder) -> bool:
+    try:
+        return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+    except (TypeError, ValueError):
+        return False
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -353,6 +367,14 @@ def _build_and_run(settings, runs, subjects: list[str], processing: dict, omp: i
                  "steps are recomputed", repaired)
     remove_stale_staging(out, subjects)
     code = _execute(wf, settings, runs, omp)
+    plugin = (settings.performance.plugin_settings or {}).get("plugin", "MultiProc")
+    if code == EX_OK and _submits_graph(plugin):
+        # SLURMGraph, SGEGraph, ...: nipype has submitted every node as a job with its dependencies and returned;
+        # nothing has run yet, so there is nothing to report on
+        LOG.info("qsmbids: the workflow was submitted as jobs with the %s plugin (scripts in %s). When they have "
+                 "finished, run the same command with --reports-only to write the reports.", plugin,
+                 work / wf.name / "batch")
+        return EX_OK
     if code == EX_CANTCREAT:
         return code  # the disk is full or read-only: writing the reports would only fail again
     try:
@@ -369,6 +391,15 @@ def _build_and_run(settings, runs, subjects: list[str], processing: dict, omp: i
         for sub in subjects:
             LOG.info("  report: %s", out / f"sub-{sub}.html")
     return code if code != EX_OK else (EX_SOFTWARE if errors else EX_OK)
+
+
+def _submits_graph(plugin: str) -> bool:
+    """Whether nipype's ``plugin`` submits the whole graph to a scheduler and returns before anything has run."""
+    from nipype.pipeline import plugins
+    from nipype.pipeline.plugins.base import GraphPluginBase
+
+    cls = getattr(plugins, f"{plugin}Plugin", None)
+    return isinstance(cls, type) and issubclass(cls, GraphPluginBase)
 
 
 def _device(choice: str) -> str:

@@ -224,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: the dataset gets the usual mode, as its subfolders do
     except OSError as exc:
         print(f"qsmbids-sim: error: {parent}: cannot create the output ({exc.strerror})", file=sys.stderr)
         return EX_CANTCREAT

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -116,6 +117,9 @@ def check_bids_root(bids_dir: Path) -> None:
         raise InputError(EX_NOINPUT, f"{bids_dir}: the BIDS dataset folder does not exist")
     if not bids_dir.is_dir():
         raise InputError(EX_NOINPUT, f"{bids_dir}: not a folder")
+    if not os.access(bids_dir, os.R_OK | os.X_OK):
+        raise InputError(EX_NOINPUT, f"{bids_dir}: the BIDS dataset folder is not readable by this user "
+                                     f"(uid {os.getuid()}); check its permissions")
     desc = bids_dir / "dataset_description.json"
     if not desc.is_file():
         hint = ""
@@ -256,6 +260,8 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
     phase_paths = tuple(f.path for f in phase_files)
     shapes = []
     for p in phase_paths + tuple(m for m in mags if m):
+        if not os.access(p, os.R_OK):
+            raise InputError(EX_NOINPUT, f"{p}: not readable by this user (uid {os.getuid()}); check its permissions")
         try:
             img = nib.load(p)
         except Exception as err:  # noqa: BLE001

@@ -167,6 +167,13 @@ def _no_write_access(monkeypatch, p: Paths) -> None:
                                                                                                          *a, **k))
 
 
+def _no_read_access(monkeypatch, p: Paths) -> None:
+    """The dataset as a user who may not read it sees it (a container run with ``-u`` and a private folder)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: False if Path(path) == p.ds else real(path, mode,
+                                                                                                        *a, **k))
+
+
 def _filter_file(p: Paths) -> Path:
     f = p.tmp / "filter.json"
     f.write_text(json.dumps({"megre": {"acquisition": "nope"}}))
@@ -193,6 +200,7 @@ class Case:
 CASES = {
     # the dataset as a whole: 16 not BIDS, 66 missing, 17 level, 18 nothing matched
     "missing-bids-dir": Case(66, "does not exist", where=lambda p: p._replace(ds=p.tmp / "nope")),
+    "unreadable-bids-dir": Case(66, "not readable by this user", patch=_no_read_access),
     "non-bids-folder": Case(16, "not a BIDS dataset", _not_bids, (), lambda p: p.ds / "dataset_description.json"),
     "no-dataset-description": Case(16, "not a BIDS dataset", lambda ds: (ds / "dataset_description.json").unlink(),
                                    (), lambda p: p.ds / "dataset_description.json"),
@@ -383,3 +391,39 @@ def test_deep_weight_file_problems(dataset, tmp_path, capsys, monkeypatch, damag
     assert rc == code, err
     assert str(wdir / "modl.pt") in err and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_unreadable_input_as_an_unprivileged_user(dataset, tmp_path):
+    """A real user without access (not a patched ``os.access``): 66 and one line, both for a private dataset folder
+    and for one unreadable image inside a readable one; nothing written."""
+    import sys
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="qsmbids-perm-"))  # pytest's own folders are private to root
+    root.chmod(0o755)
+    dataset = Path(shutil.copytree(dataset, root / "ds"))
+    out = root / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "qsmbids.cli.run",
+           str(root / "ds"), str(out), "participant", "-w", str(out / "work"), "--skip-bids-validation"]
+    env = {**os.environ, "HOME": str(out), "MPLCONFIGDIR": str(out / "mpl")}
+    try:
+        _check_unreadable(cmd, env, dataset, out)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _check_unreadable(cmd, env, dataset, out):
+    import subprocess
+
+    for private in (dataset, _echo(dataset, 2, "phase")):
+        for q in (dataset, *dataset.rglob("*")):
+            q.chmod(0o755 if q.is_dir() else 0o644)
+        private.chmod(0o700 if private.is_dir() else 0o600)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 66, res.stderr
+        assert len(lines) == 1 and str(private) in lines[0] and "Traceback" not in res.stderr, res.stderr
+        assert sorted(p.name for p in out.iterdir() if p.name not in ("mpl", ".cache", ".config")) == []
