@@ -104,7 +104,8 @@ def _inside(path, folder) -> bool:
 
 
 def _setup_logging(verbosity: int) -> None:
-    os.environ.setdefault("MPLCONFIGDIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "qsmbids-mpl"))
+    # one per user: /tmp is shared between the users of a cluster node (and bound into Apptainer containers)
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"qsmbids-mpl-{os.getuid()}"))
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     LOG.handlers[:] = [handler]
