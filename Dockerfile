@@ -10,13 +10,14 @@
 # nothing is downloaded when it runs.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+# cuda: PyPI's default Linux build of torch (bundles the CUDA runtime; needs an NVIDIA driver on the host for GPU)
+# cpu:  the CPU-only build from TORCH_CPU_INDEX (empty: the index/find-links pip is configured with)
+ARG TORCH_VARIANT=cuda
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS build
 
-# cuda: PyPI's default Linux build of torch (bundles the CUDA runtime; needs an NVIDIA driver on the host for GPU)
-# cpu:  the CPU-only build from TORCH_CPU_INDEX (empty: the index/find-links pip is configured with)
-ARG TORCH_VARIANT=cuda
+ARG TORCH_VARIANT
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -51,7 +52,7 @@ ARG VERSION=0.1.0.dev0
 ARG VCS_REF=unknown
 ARG BUILD_DATE=unknown
 ARG IMAGE_TAG=qsmbids/qsmbids:${VERSION}
-ARG TORCH_VARIANT=cuda
+ARG TORCH_VARIANT
 
 LABEL org.opencontainers.image.title="qsmbids" \
       org.opencontainers.image.description="BIDS App for Quantitative Susceptibility Mapping (QSM) from multi-echo GRE" \

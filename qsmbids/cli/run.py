@@ -368,7 +368,7 @@ def _build_and_run(settings, runs, subjects: list[str], processing: dict, omp: i
                  "steps are recomputed", repaired)
     remove_stale_staging(out, subjects)
     code = _execute(wf, settings, runs, omp)
-    plugin = (settings.performance.plugin_settings or {}).get("plugin", "MultiProc")
+    plugin, _ = _plugin(settings.performance)
     if code == EX_OK and _submits_graph(plugin):
         # SLURMGraph, SGEGraph, ...: nipype has submitted every node as a job with its dependencies and returned;
         # nothing has run yet, so there is nothing to report on
@@ -392,6 +392,12 @@ def _build_and_run(settings, runs, subjects: list[str], processing: dict, omp: i
         for sub in subjects:
             LOG.info("  report: %s", out / f"sub-{sub}.html")
     return code if code != EX_OK else (EX_SOFTWARE if errors else EX_OK)
+
+
+def _plugin(perf) -> tuple[str, dict]:
+    """The nipype plugin's name and a copy of its arguments (MultiProc with ``--nprocs`` when none was set)."""
+    plugin = perf.plugin_settings or {"plugin": "MultiProc", "plugin_args": {"n_procs": perf.nprocs}}
+    return plugin.get("plugin", "MultiProc"), dict(plugin.get("plugin_args") or {})
 
 
 def _submits_graph(plugin: str) -> bool:
@@ -476,10 +482,7 @@ def _execute(wf, settings, runs, omp: int) -> int:
 
     from ..workflows.base import run_stages, wf_name
 
-    perf = settings.performance
-    plugin = dict(perf.plugin_settings or {"plugin": "MultiProc", "plugin_args": {"n_procs": perf.nprocs}})
-    plugin_args = dict(plugin.get("plugin_args") or {})
-    name = plugin.get("plugin", "MultiProc")
+    name, plugin_args = _plugin(settings.performance)
     labels = {wf_name(r.name): r.label for r in runs}
     totals = {wf_name(r.name): len(run_stages(has_magnitude=bool(r.magnitude), n_echoes=r.n_echoes,
                                               outputs=tuple(settings.processing.outputs))) for r in runs}
