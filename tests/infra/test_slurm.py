@@ -5,8 +5,10 @@ array script (docs/hpc/qsmbids-array.sbatch) runs the installed qsmbids for two 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +87,7 @@ NodeName={host} CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
     env = {**os.environ, "SLURM_CONF": str(conf)}
+    pid_files = [root / f"{name}.pid" for name in ("munged", "slurmctld", "slurmd")]
     try:
         subprocess.run(["slurmctld", "-f", str(conf)], check=True, env=env)
         subprocess.run(["slurmd", "-f", str(conf)], check=True, env=env)
@@ -92,17 +95,44 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
               .stdout.strip() == "idle", 60, "the node did not come up idle")
         yield {"root": root, "env": env, "cpus": cpus}
     finally:
-        subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True)
-        for name in ("slurmctld", "slurmd", "munged"):
-            pid_file = root / f"{name}.pid"
-            if pid_file.is_file():
-                try:
-                    pid = int(pid_file.read_text())
-                    _wait(lambda: not Path(f"/proc/{pid}").exists(), 20, name)
-                except (ValueError, TimeoutError):
-                    subprocess.run(["kill", pid_file.read_text().strip()], capture_output=True)
-                except ProcessLookupError:
-                    pass
+        # the pids first: a daemon removes its pid file when shutdown begins, not when it has ended
+        pids = [_pid(f) for f in pid_files]
+        subprocess.run(["scancel", "--user", str(os.getuid())], env=env, capture_output=True)
+        try:
+            _wait(lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=env)
+                  .stdout.strip(), 30, "jobs left after scancel")
+        except TimeoutError:
+            pass  # the daemons are killed below all the same
+        subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True)  # slurmctld and slurmd
+        subprocess.run(["munged", "--stop", f"--socket={sock}"], capture_output=True)
+        for pid in pids:
+            _stop(pid)
+
+
+def _pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a daemon's exit may never be reaped by this sandbox's init)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop(pid: int | None) -> None:
+    """Wait for a daemon to end; kill it after 20 s."""
+    if pid is None:
+        return
+    try:
+        _wait(lambda: not _running(pid), 20, str(pid))
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_array_job_then_group_level(cluster, tmp_path):
