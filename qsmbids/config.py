@@ -30,7 +30,8 @@ from typing import Any
 from . import __version__
 
 # Copies of the qsmbids.qsm tuples (tests/test_config.py asserts they are equal).
-MASK_METHODS: tuple[str, ...] = ("combined", "magnitude", "quality")  # qsm.mask.MASK_METHODS
+#: deepbet (qsmbids.deep.brain.BRAIN_EXTRACTION_METHODS) followed by qsm.mask.MASK_METHODS
+MASK_METHODS: tuple[str, ...] = ("deepbet", "combined", "magnitude", "quality")
 UNWRAP_METHODS: tuple[str, ...] = ("laplacian", "quality", "skimage")  # qsm.unwrap.UNWRAP_METHODS
 COMBINE_METHODS: tuple[str, ...] = ("snr", "magnitude", "uniform")  # qsm.echoes.WEIGHTINGS
 BGREMOVE_METHODS: tuple[str, ...] = ("vsharp", "sharp", "resharp", "pdf", "lbv")  # qsm.background
@@ -68,7 +69,7 @@ ANALYSIS_LEVELS: tuple[str, ...] = ("participant", "group")
 
 #: Defaults of :class:`ProcessingSettings` (read-only).
 DEFAULTS: MappingProxyType[str, Any] = MappingProxyType({
-    "mask": "combined", "unwrap": "quality", "combine": "snr", "bgremove": "vsharp",
+    "mask": "deepbet", "unwrap": "quality", "combine": "snr", "bgremove": "vsharp",
     "inversion": DEFAULT_INVERSION, "reference": "mean", "b0_direction": "auto", "echo_times": None,
     "field_strength": None, "outputs": OUTPUTS, "roi": True, "atlas": "HarvardOxford",
 })
@@ -148,6 +149,7 @@ class ExecutionSettings:
     boilerplate_only: bool = False
     ground_truth_dir: Path | None = None
     segmentation_dir: Path | None = None
+    derivatives: tuple[Path, ...] = ()
     run_uuid: str = field(default_factory=new_run_uuid)
     verbosity: int = 0
     version: str = ""
@@ -158,6 +160,8 @@ class ExecutionSettings:
         for name in ("ground_truth_dir", "segmentation_dir"):
             if getattr(self, name) is not None:
                 _set(self, name, Path(getattr(self, name)))
+        derivs = (self.derivatives,) if isinstance(self.derivatives, (str, Path)) else tuple(self.derivatives or ())
+        _set(self, "derivatives", tuple(dict.fromkeys(Path(d) for d in derivs)))
         for name, prefix in (("participant_label", "sub"), ("session_label", "ses")):
             value = getattr(self, name)
             if isinstance(value, str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,3 +51,36 @@ def sim_bids(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim") / "ds"
     assert sim_main([str(out), "--preset", "test", "--seed", "3"]) == 0
     return out
+
+
+PHILIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "philips_dualecho" / "nifti_ref"
+
+
+@pytest.fixture(scope="session")
+def philips_bids(tmp_path_factory):
+    """The real Philips 3 T whole head (../shared/data/philips_dualecho, BSD-2-Clause, dcm2niix's reference NIfTIs:
+    80×80×53 at 3 mm, TE 2.3/4.6 ms) as a BIDS dataset, sidecars made from dcm2niix's. Phase is in rad (Philips
+    rescale applied by dcm2niix); magnitude carries Philips float scaling."""
+    import json
+    import shutil
+
+    src = PHILIPS / "2001_WIP_fcMRI_Field_Mapping_cl_{echo}{part}"
+    if not Path(str(src).format(echo="e1", part="_ph") + ".nii.gz").is_file():
+        pytest.skip(f"no real data at {PHILIPS}")
+    ds = tmp_path_factory.mktemp("philips") / "ds"
+    anat = ds / "sub-philips" / "anat"
+    anat.mkdir(parents=True)
+    (ds / "dataset_description.json").write_text(json.dumps({
+        "Name": "philips_dualecho (dcm_qa_philips_enh series 2001, BSD-2-Clause)", "BIDSVersion": "1.10.0"}))
+    for n in (1, 2):
+        for part, suffix in (("mag", ""), ("phase", "_ph")):
+            stem = str(src).format(echo=f"e{n}", part=suffix)
+            side = json.loads(Path(stem + ".json").read_text())
+            keep = {k: side[k] for k in ("EchoTime", "MagneticFieldStrength", "ImagingFrequency", "Manufacturer",
+                                         "EchoNumber", "RepetitionTime", "FlipAngle") if k in side}
+            if part == "phase":
+                keep["Units"] = "rad"
+            name = f"sub-philips_echo-{n}_part-{part}_MEGRE"
+            shutil.copy(stem + ".nii.gz", anat / f"{name}.nii.gz")
+            (anat / f"{name}.json").write_text(json.dumps(keep, indent=1))
+    return ds

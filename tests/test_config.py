@@ -50,7 +50,9 @@ def _full_settings() -> Settings:
 def test_method_tuples_equal_those_of_the_numerics():
     from qsmbids.qsm import background, echoes, inversion, mask, reference, relax, unwrap
 
-    assert C.MASK_METHODS == mask.MASK_METHODS
+    from qsmbids.deep import brain
+
+    assert C.MASK_METHODS == brain.BRAIN_EXTRACTION_METHODS + mask.MASK_METHODS
     assert C.UNWRAP_METHODS == unwrap.UNWRAP_METHODS
     assert C.COMBINE_METHODS == echoes.WEIGHTINGS
     assert C.BGREMOVE_METHODS == background.BGREMOVE_METHODS
@@ -65,7 +67,7 @@ def test_defaults_are_the_contract():
     assert C.OUTPUTS == ("chimap", "mask", "fields", "r2star", "t2star", "swi", "minip")
     p = ProcessingSettings()
     assert (p.mask, p.unwrap, p.combine, p.bgremove, p.inversion, p.reference) == (
-        "combined", "quality", "snr", "vsharp", "medi", "mean")
+        "deepbet", "quality", "snr", "vsharp", "medi", "mean")
     assert p.outputs == C.OUTPUTS and p.params == {} and p.b0_direction == "auto"
     assert p.echo_times is None and p.field_strength is None
     assert {k: getattr(p, k) for k in C.DEFAULTS} == dict(C.DEFAULTS)

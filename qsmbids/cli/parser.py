@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="derivative dataset with true χ maps (e.g. derivatives/qsmbids-sim); adds accuracy to "
                         "the reports")
 
+    g.add_argument("-d", "--derivatives", type=Path, action="append", metavar="DIR", dest="derivatives",
+                   help="derivative dataset(s) with precomputed brain masks, repeatable (as in fMRIPrep): a "
+                        "sub-<label>/[ses-<label>/]anat/*_desc-brain_mask.nii[.gz] with the run's sub/ses/acq/rec/run "
+                        "entities replaces the computed mask; it must be on the run's grid")
+
     g = parser.add_argument_group("Processing options")
     stage_help = {
         "mask": "brain mask", "unwrap": "spatial phase unwrapping", "combine": "echo weighting of the field fit",
@@ -316,6 +321,7 @@ def settings_from_args(args: argparse.Namespace, *, cwd: Path | None = None) -> 
         bids_filters=args.bids_filters, skip_bids_validation=args.skip_bids_validation,
         reports_only=args.reports_only, boilerplate_only=args.boilerplate_only,
         ground_truth_dir=absolute(args.ground_truth_dir), segmentation_dir=absolute(args.segmentation_dir),
+        derivatives=tuple(absolute(d) for d in args.derivatives or ()),
         verbosity=args.verbosity, version=__version__,
     )
     processing = ProcessingSettings(

@@ -42,7 +42,7 @@ from .recovery import (
 
 LOG = logging.getLogger("qsmbids")
 #: methods that need the magnitude images
-_NEEDS_MAGNITUDE = {"mask": {"combined", "magnitude"}, "inversion": {"medi"}, "reference": {"csf"}}
+_NEEDS_MAGNITUDE = {"mask": {"deepbet", "combined", "magnitude"}, "inversion": {"medi"}, "reference": {"csf"}}
 #: the per-run stage nodes (progress lines, resource monitoring), in order
 STAGES = RUN_STAGES
 
@@ -186,6 +186,9 @@ def _preflight(settings):
                                      f"{bids_dir / 'derivatives' / 'qsmbids'} or a folder outside it")
         if Path(ex.work_dir).resolve().is_relative_to(bids_dir.resolve()):
             raise _Refusal(EX_USAGE, f"{ex.work_dir}: the work folder lies inside the input dataset")
+        for folder in ex.derivatives:
+            if not Path(folder).is_dir():
+                raise _Refusal(EX_NOINPUT, f"{folder}: --derivatives folder does not exist")
         if not ex.skip_bids_validation and not ex.reports_only:
             validate_bids(bids_dir)
         need_mag = (pr.mask in _NEEDS_MAGNITUDE["mask"] or pr.inversion in _NEEDS_MAGNITUDE["inversion"]
@@ -195,7 +198,8 @@ def _preflight(settings):
         runs = collect_runs(bids_dir, participant_label=ex.participant_label, session_label=ex.session_label,
                             bids_filters=ex.bids_filters, echo_times=pr.echo_times, field_strength=pr.field_strength,
                             need_magnitude=need_mag, min_echoes=min_echoes, ground_truth_dir=ex.ground_truth_dir,
-                            check_data=not (ex.reports_only or ex.boilerplate_only))
+                            check_data=not (ex.reports_only or ex.boilerplate_only),
+                            derivatives=tuple(ex.derivatives))
     except InputError as err:
         raise _Refusal(err.code, str(err)) from None
     return runs
@@ -212,7 +216,7 @@ def _param_targets(pr) -> dict[str, list]:
     else:
         inversion_fn = get_method(pr.inversion)
     stages = {
-        "mask": (pr.mask, [mask.brain_mask]),
+        "mask": (pr.mask, _mask_functions(pr.mask)),
         "unwrap": (pr.unwrap, [echoes.combine_echoes]),
         "combine": (pr.combine, [echoes.fit_field]),
         "bgremove": (pr.bgremove, [getattr(background, pr.bgremove)]),
@@ -229,6 +233,17 @@ def _param_targets(pr) -> dict[str, list]:
     return targets
 
 
+def _mask_functions(method: str) -> list:
+    """The functions the mask stage calls for ``method`` (their keywords are what ``--param mask.*`` accepts)."""
+    from ..qsm import mask
+
+    if method == "deepbet":
+        from ..deep.brain import deepbet_mask
+
+        return [deepbet_mask, mask.refine_mask]
+    return [mask.brain_mask]
+
+
 def _check_params(pr) -> None:
     """Every ``--param KEY.NAME`` must name a keyword of a function the run will call (else exit 64)."""
     import inspect
@@ -237,7 +252,7 @@ def _check_params(pr) -> None:
         return
     targets = _param_targets(pr)
     internal = {"magnitude", "return_info", "unwrapper", "weighting", "method", "voxel_size", "mask", "b0_dir",
-                "threads", "weights_dir"}
+                "threads", "weights_dir", "device", "affine"}
     for key, values in dict(pr.params).items():
         if key not in targets:
             LOG.warning("--param %s.*: %s is not used by the chosen methods; ignored", key, key)
@@ -283,7 +298,7 @@ def _run_dict(run, bids_dir: Path) -> dict:
     return {"name": run.name, "entities": dict(run.entities), "phase": list(run.phase),
             "magnitude": list(run.magnitude), "echo_times": list(run.echo_times),
             "field_strength": run.field_strength, "phase_units": run.phase_units, "warnings": list(run.warnings),
-            "truth": dict(run.truth), "sources": [f"bids:raw:{r}" for r in rel],
+            "truth": dict(run.truth), "sources": [f"bids:raw:{r}" for r in rel], "mask_file": run.mask_file,
             "n_voxels": int(shape[0] * shape[1] * shape[2])}
 
 

@@ -286,6 +286,19 @@ def _deep_info(record: dict | None) -> dict:
     return {"Model": info.get("model"), "WeightsSHA256": info["weights_sha256"], "Device": info.get("device")}
 
 
+def _mask_info(record: dict | None) -> dict:
+    """What made the brain mask: deepbet's version, weight checksums, device and refinement rim, or the user's
+    mask file (``--derivatives``)."""
+    info = (record or {}).get("info", {})
+    if "mask_file" in info:
+        return {"Method": "derivatives", "MaskFile": info["mask_file"]}
+    if info.get("model") != "deepbet":
+        return {}
+    return {"Model": f"deepbet {info.get('version', '')}".strip(), "Device": info.get("device"),
+            "WeightsSHA256": {k[len("sha256_"):]: v for k, v in info.items() if k.startswith("sha256_")},
+            "QualityRimMM": info.get("rim_mm")}
+
+
 class SidecarMetadata(SimpleInterface):
     """Sidecar fields of every derivative, from the stage records (method, parameters, units, B0 direction)."""
 
@@ -302,11 +315,12 @@ class SidecarMetadata(SimpleInterface):
 
         acq = {"EchoTime": load["echo_times_s"], "MagneticFieldStrength": load["field_strength_t"],
                "B0Direction": load["b0_direction"], "B0Angle": round(load["b0_angle_deg"], 3)}
-        chain = {"Masking": step("mask"), "PhaseUnwrapping": step("unwrap"), "EchoCombination": step("combine")}
+        chain = {"Masking": {**step("mask"), **_mask_info(stages.get("mask"))}, "PhaseUnwrapping": step("unwrap"), "EchoCombination": step("combine")}
         bg = {"BackgroundFieldRemoval": step("bgremove")}
         ref = stages.get("reference", {})
         self._results.update({
-            "mask_meta": {"Type": "Brain", "Description": "brain mask", **step("mask")},
+            "mask_meta": {"Type": "Brain", "Description": "brain mask", **step("mask"),
+                          **_mask_info(stages.get("mask"))},
             "total_field_meta": {"Units": "Hz", "Description": "total field from the multi-echo phase", **acq,
                                  **chain},
             "local_field_meta": {"Units": "ppm", "Description": "local field after background field removal",

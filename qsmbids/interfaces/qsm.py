@@ -162,32 +162,79 @@ class _OutputSpec(TraitedSpec):
 class _MaskInputSpec(_StageInputSpec):
     phase = File(exists=True, mandatory=True)
     magnitude = File(exists=True)
+    user_mask = File(exists=True, desc="brain mask given by the user (--derivatives), on the run's grid")
+
+
+#: Plausible adult brain-mask volumes (mL); outside them the report warns (the whole head is about 2.8 L).
+BRAIN_VOLUME_ML = (800.0, 2000.0)
+#: deepbet needs a head in the field of view: below this extent (mm) along any axis (a slab, a brain patch) the
+#: mask falls back to ``combined``.
+MIN_HEAD_FOV_MM = 100.0
 
 
 class BrainMask(_Stage):
-    """Brain mask (:func:`qsmbids.qsm.mask.brain_mask`) from magnitude and/or phase quality."""
+    """Brain mask: deepbet on the magnitude (:mod:`qsmbids.deep.brain`), optionally with its phase-quality rim
+    dropped (:func:`qsmbids.qsm.mask.refine_mask`), or :func:`qsmbids.qsm.mask.brain_mask` (magnitude and/or
+    phase quality), or the user's mask from ``--derivatives``."""
 
     input_spec = _MaskInputSpec
     output_spec = _OutputSpec
     stage, label = "mask", "Brain mask"
 
     def _compute(self):
-        from ..qsm.mask import brain_mask
+        from ..deep.brain import DEFAULT_DEEPBET_ERODE_MM
+        from ..qsm.mask import DEFAULT_REFINE_RIM_MM, brain_mask, refine_mask
 
         phase, img = load_nifti(self.inputs.phase)
         mag = self._magnitude()
         method = self.inputs.method
-        if mag is None and method != "quality":
-            self._warnings.append(f"no magnitude: mask method '{method}' replaced by 'quality'")
-            method = "quality"
-        m = brain_mask(mag, echoes_first(phase), self.echo_times, self.voxel_size, method=method,
-                       **self.inputs.params)
+        params = dict(self.inputs.params)
+        info: dict = {}
+        if isdefined(self.inputs.user_mask):
+            user, _ = load_nifti(self.inputs.user_mask, dtype=np.float32)
+            m = np.asarray(user > 0)
+            method = "derivatives"
+            info["mask_file"] = str(self.inputs.user_mask)
+        else:
+            if mag is None and method != "quality":
+                self._warnings.append(f"no magnitude: mask method '{method}' replaced by 'quality'")
+                method = "quality"
+            fov = [n * h for n, h in zip(phase.shape[:3], self.voxel_size)]
+            if method == "deepbet" and min(fov) < MIN_HEAD_FOV_MM:
+                self._warnings.append(f"field of view {' × '.join(f'{x:.0f}' for x in fov)} mm is smaller than a head "
+                                      f"(< {MIN_HEAD_FOV_MM:.0f} mm along an axis): mask method 'deepbet' replaced "
+                                      "by 'combined'")
+                method = "combined"
+                params = {k: v for k, v in params.items() if k not in ("threshold", "rim_mm", "quality_threshold",
+                                                                       "erode_mm")}
+            if method == "deepbet":
+                from ..deep.brain import deepbet_info, deepbet_mask
+
+                dev = self._device().type
+                m = deepbet_mask(mag, img.affine, threshold=params.get("threshold", 0.5),
+                                 erode_mm=params.get("erode_mm", DEFAULT_DEEPBET_ERODE_MM), device=dev)
+                info.update(deepbet_info(), device=dev)
+                rim = float(params.get("rim_mm", DEFAULT_REFINE_RIM_MM))
+                if rim > 0:
+                    before = int(m.sum())
+                    m = self._np(refine_mask(m, echoes_first(phase), mag, self.echo_times, self.voxel_size,
+                                             rim_mm=rim, quality_threshold=params.get("quality_threshold")))
+                    info["rim_removed_fraction"] = 1.0 - float(m.sum()) / max(1, before)
+                info["rim_mm"] = rim
+            else:
+                m = brain_mask(mag, echoes_first(phase), self.echo_times, self.voxel_size, method=method,
+                               **params)
         m = self._np(m).astype(np.uint8)
         if not m.any():
             raise ValueError(f"{self.inputs.phase}: the brain mask is empty")
         self._results["out_file"] = save_nifti(m, img, "brain_mask.nii", dtype=np.uint8)
-        return {"volume_ml": float(m.sum() * np.prod(self.voxel_size) / 1000.0), "voxels": int(m.sum()),
-                "method_used": method}
+        volume = float(m.sum() * np.prod(self.voxel_size) / 1000.0)
+        lo, hi = BRAIN_VOLUME_ML
+        if volume > hi or volume < lo:
+            self._warnings.append(f"brain mask volume {volume / 1000:.2f} L is outside the usual adult range "
+                                  f"{lo / 1000:.1f}–{hi / 1000:.1f} L: check the mask contour in the report "
+                                  "(a whole-head mask gives wrong χ; see --mask and --derivatives)")
+        return {"volume_ml": volume, "voxels": int(m.sum()), "method_used": method, **info}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..cli.exit_codes import EX_DATAERR, EX_NO_MATCH, EX_NOINPUT, EX_VALIDATION
+from .masks import check_user_mask, find_user_mask
 
 __all__ = ["GAMMA_BAR_MHZ_T", "InputError", "MegreRun", "collect_runs", "ground_truth_for", "validate_bids"]
 
@@ -59,6 +60,7 @@ class MegreRun:
     phase_units: str | None = None
     truth: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    mask_file: str | None = None  # the user's brain mask (--derivatives), checked to be on the run's grid
 
     @property
     def subject(self) -> str:
@@ -158,11 +160,13 @@ def collect_runs(
     min_echoes: int = 1,
     ground_truth_dir: Path | str | None = None,
     check_data: bool = True,
+    derivatives: tuple[Path | str, ...] | list[Path | str] = (),
 ) -> list[MegreRun]:
     """Every MEGRE run matching the labels and filters, checked; raises :class:`InputError`.
 
     ``bids_filters`` are pybids entity filters (as in fMRIPrep's ``--bids-filter-file``; a ``"megre"`` key is
     honoured, otherwise the whole dict is used). ``echo_times`` (s) and ``field_strength`` (T) override the sidecars.
+    ``derivatives``: folders searched for a brain mask per run (:mod:`qsmbids.utils.masks`), checked here.
     """
     bids_dir = Path(bids_dir).absolute()
     check_bids_root(bids_dir)
@@ -220,7 +224,11 @@ def collect_runs(
         truth = ground_truth_for(truth_root, run.entities) if truth_root.is_dir() else {}
         if check_data:
             _check_data(run)
-        runs.append(MegreRun(**{**run.__dict__, "truth": truth}))
+        mask_file = find_user_mask(derivatives, run.entities) if derivatives else None
+        if mask_file is not None:
+            check_user_mask(mask_file, run.phase[0])
+        runs.append(MegreRun(**{**run.__dict__, "truth": truth,
+                                "mask_file": str(mask_file) if mask_file is not None else None}))
     return runs
 
 

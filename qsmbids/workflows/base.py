@@ -170,7 +170,8 @@ def init_single_run_wf(*, run: dict[str, Any], output_dir: str, bids_root: str, 
 
     kw = {"omp_nthreads": omp_nthreads}
     mask_wf = stages.init_mask_wf(method=processing["mask"], params=p("mask", processing["mask"]),
-                                  has_magnitude=has_mag, mem_gb=mem("mask"), **kw)
+                                  has_magnitude=has_mag, mem_gb=mem("mask"), device=device,
+                                  user_mask=run.get("mask_file"), **kw)
     unwrap_wf = stages.init_unwrap_wf(method=processing["unwrap"], params=p("unwrap", processing["unwrap"]),
                                       has_magnitude=has_mag, n_echoes=n_echoes, mem_gb=mem("unwrap"), **kw)
     combine_wf = stages.init_combine_wf(method=processing["combine"], params=p("combine", processing["combine"]),

@@ -33,6 +33,8 @@ STAGES = RUN_STAGES
 
 #: one sentence per method, with its citation key(s) in boilerplate.bib
 METHOD_TEXT = {
+    ("mask", "deepbet"): "deepbet, a pair of 3-D convolutional networks for brain extraction [@fisch2024], applied "
+                        "to the root-sum-of-squares of the echo magnitudes",
     ("mask", "combined"): "the intersection of an Otsu-thresholded magnitude mask and a phase-quality mask built from "
                           "ROMEO-style voxel quality [@otsu1979; @dymerska2021]",
     ("mask", "magnitude"): "an Otsu-thresholded magnitude mask with holes filled [@otsu1979]",
@@ -120,11 +122,21 @@ def _node(interface, stage: str, *, method: str, params: dict, omp_nthreads: int
 
 
 def init_mask_wf(*, method: str, params: dict | None = None, has_magnitude: bool = True, omp_nthreads: int = 1,
-                 mem_gb: float = 1.0, name: str = "mask_wf") -> Workflow:
-    """Brain mask from magnitude and/or phase quality."""
+                 mem_gb: float = 1.0, device: str = "cpu", user_mask: str | None = None,
+                 name: str = "mask_wf") -> Workflow:
+    """Brain mask: deepbet on the magnitude, magnitude and/or phase quality, or ``user_mask`` (a file from
+    ``--derivatives`` on the run's grid), which then replaces the method."""
     params = params or {}
-    mask = _node(iq.BrainMask, "mask", method=method, params=params, omp_nthreads=omp_nthreads, mem_gb=mem_gb)
+    mask = _node(iq.BrainMask, "mask", method=method, params=params, omp_nthreads=omp_nthreads, mem_gb=mem_gb,
+                 device=device if method == "deepbet" else "cpu")
+    if method == "deepbet" and not user_mask:  # network inference: use the threads like the FFT stages
+        mask.inputs.num_threads = omp_nthreads
+        mask.n_procs = omp_nthreads
     inputs = ["in_meta", "phase"] + (["magnitude"] if has_magnitude else [])
+    if user_mask:
+        mask.inputs.user_mask = user_mask
+        desc = "The brain mask was provided with the input (a derivative dataset given to *qsmbids*). "
+        return _stage_wf(name, mask, inputs, ["out_file", "meta"], desc)
     used = method if has_magnitude or method == "quality" else "quality"
     desc = (f"A brain mask was computed as {_text('mask', used)}{_params_text(params)}, keeping the largest "
             "connected component with holes filled. ")

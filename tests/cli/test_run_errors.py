@@ -183,6 +183,29 @@ def _filter_file(p: Paths) -> Path:
 NO_VALIDATION = ("--skip-bids-validation",)
 
 
+def _user_mask_path(p: Paths, name: str = "sub-01_desc-brain_mask.nii.gz") -> Path:
+    return p.tmp / "masks" / "sub-01" / "anat" / name
+
+
+def _user_mask(fn, *names: str):
+    """``--derivatives`` with a brain mask made by ``fn(mask, reference image) -> (data, affine)`` from the
+    simulator's true mask, written outside the dataset under one or more names."""
+    def extra(p: Paths) -> tuple[str, ...]:
+        src = nib.load(p.ds / "derivatives" / "qsmbids-sim" / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz")
+        data, affine = fn(np.asanyarray(src.dataobj).astype(np.uint8), src)
+        for name in names or ("sub-01_desc-brain_mask.nii.gz",):
+            _user_mask_path(p, name).parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, affine), _user_mask_path(p, name))
+        return ("-d", str(p.tmp / "masks"), *NO_VALIDATION)
+    return extra
+
+
+def _tiny(m: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(m)
+    out[30:32, 30:32, 30:32] = 1
+    return out
+
+
 @dataclass(frozen=True)
 class Case:
     """One row of the matrix: what is broken, what qsmbids must answer, and which path the line must name."""
@@ -267,6 +290,23 @@ CASES = {
                                 lambda p: _echo(p.ds, 1, "phase")),
     "phase-only-medi": Case(65, "no magnitude", lambda ds: _drop_echoes(ds, [1, 2, 3], ["mag"]),
                             names=lambda p: _echo(p.ds, 1, "phase")),
+    # brain masks given with --derivatives: 65 (66 for a missing folder)
+    "derivatives-missing": Case(66, "--derivatives folder does not exist",
+                                extra=lambda p: ("-d", str(p.tmp / "nope"), *NO_VALIDATION),
+                                names=lambda p: p.tmp / "nope"),
+    "user-mask-other-grid": Case(65, "must be on the run's grid", extra=_user_mask(lambda m, i: (m[:-2], i.affine)),
+                                 names=_user_mask_path),
+    "user-mask-shifted": Case(65, "affine differs", extra=_user_mask(
+        lambda m, i: (m, i.affine + np.pad(np.full((3, 1), 3.0), ((0, 1), (3, 0))))), names=_user_mask_path),
+    "user-mask-empty": Case(65, "the brain mask is empty", extra=_user_mask(lambda m, i: (0 * m, i.affine)),
+                            names=_user_mask_path),
+    "user-mask-too-small": Case(65, "outside 100–3000 mL", extra=_user_mask(lambda m, i: (_tiny(m), i.affine)),
+                                names=_user_mask_path),
+    "user-mask-whole-fov": Case(65, "outside 100–3000 mL", extra=_user_mask(lambda m, i: (1 + 0 * m, i.affine)),
+                                names=_user_mask_path),
+    "user-mask-ambiguous": Case(65, "several brain masks match one run", extra=_user_mask(
+        lambda m, i: (m, i.affine), "sub-01_desc-brain_mask.nii.gz", "sub-01_part-mag_desc-brain_mask.nii.gz"),
+        names=lambda p: _user_mask_path(p).parent),
     # the output and work folders: 73 cannot create, 64 usage
     "output-under-a-file": Case(73, "cannot create the output folder", where=lambda p: p._replace(
         out=_blocker(p) / "out"), names=lambda p: p.tmp / "a-file"),

@@ -288,3 +288,24 @@ def test_gpu_parity_masks(noisy):
     gpu_m = brain_mask(torch.from_numpy(mag).cuda(), torch.from_numpy(phase).cuda())
     assert gpu_m.device.type == "cuda"
     assert float((gpu_m.cpu() != cpu_m).float().mean()) < 1e-3
+
+
+def test_refine_mask_drops_the_incoherent_rim_only():
+    """refine_mask removes rim voxels of random phase but never the interior, whatever its quality."""
+    from qsmbids.qsm.mask import refine_mask
+
+    rng = np.random.default_rng(0)
+    n = 48
+    x, y, z = np.meshgrid(*[np.arange(n) - n / 2] * 3, indexing="ij")
+    r = np.sqrt(x**2 + y**2 + z**2)
+    phase = np.where(r <= 16, 0.05 * x, rng.uniform(-np.pi, np.pi, r.shape)).astype(np.float32)
+    phase[r <= 3] = rng.uniform(-np.pi, np.pi, int((r <= 3).sum()))  # a noisy core deep inside
+    mask = r <= 19  # 3 voxels of noise around the coherent ball
+    out = refine_mask(mask, phase, None, None, (1.0, 1.0, 1.0), rim_mm=4.0)
+    assert out.dtype == bool and out.shape == mask.shape
+    assert out[r <= 3].all()  # the interior stays
+    assert out[(r > 17.5) & (r <= 19)].mean() < 0.1  # the incoherent rim goes
+    assert out[r <= 15].all()
+    assert np.array_equal(refine_mask(mask, phase, None, None, (1.0, 1.0, 1.0), rim_mm=0.0), mask)
+    with pytest.raises(ValueError, match="rim_mm"):
+        refine_mask(mask, phase, rim_mm=-1.0)
