@@ -36,7 +36,7 @@ diploë (fatty marrow)     −0.03  0.80  2.7    120    0.8   75 % fat (+0.7) / 
 subcutaneous fat          +0.7   0.90  2.6    30     1.0   χ fat 0.6–0.8 ppm (Sharma et al., MRM 2015); T1 382 ms,
                                                            T2 68 ms (de Bazelaire et al., Radiology 2004)
 skin                      0.0    0.70  1.0    60     0     short T2 dermis (collagen)
-muscle                    0.0    0.75  0.71   35     0     T1 1412 ms, T2 50 ms (Stanisz et al., MRM 2005); χ small
+muscle                    0.0    0.75  0.71   30     0     T1 1412 ms, T2 50 ms (Stanisz et al., MRM 2005); χ small
                                                            and anisotropic, ignored
 dura / meninges           0.0    0.60  1.0    50     0     collagenous, short T2
 vitreous (eye)            0.0    1.00  0.28   3      0     CSF-like (T1 ≈ 3.6 s, long T2)
@@ -68,7 +68,7 @@ EXTRA_TISSUE: dict[int, tuple[str, float, float, float, float, float]] = {
     27: ("diploe", -0.03, 0.80, 2.7, 120.0, 0.8),
     28: ("fat", 0.7, 0.90, 2.6, 30.0, 1.0),
     29: ("skin", 0.0, 0.70, 1.0, 60.0, 0.0),
-    30: ("muscle", 0.0, 0.75, 0.71, 35.0, 0.0),
+    30: ("muscle", 0.0, 0.75, 0.71, 30.0, 0.0),
     31: ("vitreous", 0.0, 1.00, 0.28, 3.0, 0.0),
     32: ("optic_nerve", -0.03, 0.69, 1.2, 25.0, 0.0),
     33: ("mucosa", 0.0, 0.85, 0.8, 40.0, 0.0),
@@ -78,6 +78,7 @@ EXTRA_TISSUE: dict[int, tuple[str, float, float, float, float, float]] = {
 _CENTRE = np.array([0.0, -18.0, 5.0])  # MNI mm, roughly the centre of the cranial vault
 _SKIN = 1.5  # mm
 _DURA = 0.7  # mm
+_CORE_FAT = 0.4  # mean fat fraction between the muscles of the face and neck
 # Face and neck (MNI centre, radii), filled with muscle under a fat rim and skin.
 _BODY = [((0.0, 45.0, -50.0), (60.0, 42.0, 42.0)), ((0.0, -25.0, -115.0), (55.0, 58.0, 62.0))]
 # Organs painted in this order: (label, kind, geometry, grow mm). kind "ell": centre, radii; "tube": radius, points.
@@ -212,6 +213,14 @@ def extracranial(grid, brain: np.ndarray, rng: np.random.Generator):
     M = grid.vox2mni.astype(np.float32)
     mni = [M[r, 0] * idx[0] + M[r, 1] * idx[1] + M[r, 2] * idx[2] + M[r, 3] for r in range(3)]
     del idx
+    # intermuscular fat planes of the face and neck: a smooth random field of ≈ 25 mm wavelength
+    marbling = np.zeros(shape, np.float32)
+    for _ in range(8):
+        k = rng.standard_normal(3)
+        k *= (2 * math.pi / 25.0) / max(np.linalg.norm(k), 1e-9)
+        marbling += np.cos(k[0] * mni[0] + k[1] * mni[1] + k[2] * mni[2] + rng.uniform(0, 2 * math.pi))
+    fat_core = np.clip(_CORE_FAT + 0.5 * marbling * np.float32(math.sqrt(2.0 / 8)), 0.0, 1.0).astype(np.float32)
+    del marbling
     rel = [m - np.float32(c) for m, c in zip(mni, _CENTRE)]
     norm = np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2) + np.float32(1e-6)
     u = [r / norm for r in rel]
@@ -259,10 +268,11 @@ def extracranial(grid, brain: np.ndarray, rng: np.random.Generator):
     # what remains of each voxel: skin, fat, then muscle, measured from the outer surface inwards; air outside
     f_skin = _overlap(d_s, 0.0, _SKIN, h)
     f_fat = _overlap(d_s, _SKIN, _SKIN + fat, h)
-    f_mus = np.clip(1.0 - f_skin - f_fat, 0.0, 1.0)
-    for lab, f in ((29, f_skin), (28, f_fat), (30, f_mus)):
+    f_core = np.clip(1.0 - f_skin - f_fat, 0.0, 1.0)
+    f_core_fat = f_core * np.where(vault, np.float32(0.0), fat_core)  # temporalis: plain muscle
+    for lab, f in ((29, f_skin), (28, f_fat + f_core_fat), (30, f_core - f_core_fat)):
         mix.add(lab, (rest * f * body).astype(np.float32))
-    del f_skin, f_fat, f_mus, d_s
+    del f_skin, f_fat, f_core, f_core_fat, fat_core, d_s
     mix.add(0, (rest * ~body).astype(np.float32))
     del rest
 
