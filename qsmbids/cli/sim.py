@@ -130,7 +130,7 @@ def simulate_dataset(out: Path, settings: dict, *, lesions: bool, b0_tilt: float
     from ..sim import bids as B
     from ..sim.forward import simulate_gre, t1w_image
     from ..sim.phantom import make_head
-    from ..sim.scanner import receive_phase_offset, shim_field
+    from ..sim.scanner import nuisances as scanner_nuisances
 
     vs = float(settings["voxel_size"])
     head_vs = float(settings["head_voxel_size"])
@@ -170,12 +170,7 @@ def simulate_dataset(out: Path, settings: dict, *, lesions: bool, b0_tilt: float
                 run_seed = seed * 1000003 + i * 1009 + j * 101 + r
                 nuisances: dict = {}
                 if anatomy == "realistic":
-                    nuisances = {
-                        "phase_offset": receive_phase_offset(head.chi.shape, head.voxel_size, seed=run_seed),
-                        "shim_field": shim_field(head.chi.shape, head.voxel_size, mask=head.brain_mask,
-                                                 field_strength=settings["field_strength"], seed=run_seed + 1),
-                        "fat_fraction": head.fat_fraction if fat_shift else None, "intravoxel_dephasing": True,
-                    }
+                    nuisances = scanner_nuisances(head, seed=run_seed, fat_shift=fat_shift)
                 gre = simulate_gre(
                     head.chi, head.m0, head.r1, head.r2star, head.brain_mask, head.affine, head.voxel_size,
                     echo_times=te_s, field_strength=settings["field_strength"], b0_dir=b0_dir,

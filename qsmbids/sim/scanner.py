@@ -27,8 +27,8 @@ import numpy as np
 
 from ..qsm.phase import GAMMA_BAR
 
-__all__ = ["FAT_SHIFT_PPM", "fat_phasor", "intravoxel_dephasing", "receive_phase_offset", "shim_field",
-           "solid_harmonics"]
+__all__ = ["FAT_SHIFT_PPM", "fat_phasor", "intravoxel_dephasing", "nuisances", "receive_phase_offset",
+           "shim_field", "solid_harmonics"]
 
 #: Chemical shift of the main (methylene) fat peak relative to water, ppm.
 FAT_SHIFT_PPM: float = -3.4
@@ -180,3 +180,23 @@ def intravoxel_dephasing(field_ppm, voxel_size: Sequence[float], echo_time: floa
         g = (fwd + bwd) / torch.clamp(nf + nb, min=1.0)
         out = out * torch.sinc(g * (hz_per_ppm * float(d) * echo_time))
     return out
+
+
+def nuisances(head, *, seed: int, fat_shift: bool = False, shim_hz: float = 40.0, phase_amplitude: float = 2.0
+              ) -> dict:
+    """Keyword arguments for :func:`qsmbids.sim.forward.simulate_gre` that add a real scanner's nuisances to a
+    :class:`qsmbids.sim.phantom.HeadModel`: structured φ0 (peak ``phase_amplitude`` rad), a second-order shim
+    field (peak ``shim_hz`` Hz in the brain), intravoxel dephasing and, with ``fat_shift``, the fat chemical shift
+    from the head's fat fraction. Seeded (φ0 with ``seed``, the shim with ``seed + 1``).
+    """
+    shape, vs = head.chi.shape, head.voxel_size
+    fat = head.fat_fraction if fat_shift else None
+    if fat_shift and fat is None:
+        raise ValueError("fat_shift: the head has no fat fraction (simple anatomy)")
+    return {
+        "phase_offset": receive_phase_offset(shape, vs, amplitude=phase_amplitude, seed=seed),
+        "shim_field": shim_field(shape, vs, amplitude_hz=shim_hz, field_strength=head.field_strength,
+                                 mask=head.brain_mask, seed=seed + 1),
+        "fat_fraction": fat,
+        "intravoxel_dephasing": True,
+    }
