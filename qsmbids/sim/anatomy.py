@@ -78,6 +78,7 @@ EXTRA_TISSUE: dict[int, tuple[str, float, float, float, float, float]] = {
 _CENTRE = np.array([0.0, -18.0, 5.0])  # MNI mm, roughly the centre of the cranial vault
 _SKIN = 1.5  # mm
 _DURA = 0.7  # mm
+_SHELL_MM = 34.0  # no cranial layer or vault soft tissue lies farther from the intracranial surface
 _CORE_FAT = 0.4  # mean fat fraction between the muscles of the face and neck
 # Face and neck (MNI centre, radii), filled with muscle under a fat rim and skin.
 _BODY = [((0.0, 45.0, -50.0), (60.0, 42.0, 42.0)), ((0.0, -25.0, -115.0), (55.0, 58.0, 62.0))]
@@ -117,14 +118,21 @@ def _overlap(d: np.ndarray, a, b, h: float) -> np.ndarray:
     return np.clip((hi - lo) / h, 0.0, 1.0).astype(np.float32)
 
 
+def _mni_at(grid, ii) -> list[np.ndarray]:
+    """MNI coordinates (float32, mm) of the voxels with indices ``ii`` (a tuple from np.nonzero) of the moved grid."""
+    M = grid.vox2mni.astype(np.float32)
+    v = [a.astype(np.float32) for a in ii]
+    return [M[r, 0] * v[0] + M[r, 1] * v[1] + M[r, 2] * v[2] + M[r, 3] for r in range(3)]
+
+
 def _random_surface(u: list[np.ndarray], rng: np.random.Generator, n: int = 6, freq: float = 2.5) -> np.ndarray:
     """Smooth random function of the unit direction u (unit std): Σ cos(k·u + φ) with random k, |k| ≈ freq."""
     out = np.zeros(u[0].shape, np.float32)
     for _ in range(n):
         k = rng.standard_normal(3)
-        k *= freq * rng.uniform(0.6, 1.4) / max(np.linalg.norm(k), 1e-9)
-        ph = rng.uniform(0, 2 * math.pi)
-        out += np.cos(k[0] * u[0] + k[1] * u[1] + k[2] * u[2] + ph).astype(np.float32)
+        k = [float(v) for v in k * (freq * rng.uniform(0.6, 1.4) / max(np.linalg.norm(k), 1e-9))]
+        ph = np.float32(rng.uniform(0, 2 * math.pi))
+        out += np.cos(k[0] * u[0] + k[1] * u[1] + k[2] * u[2] + ph)
     return out * np.float32(math.sqrt(2.0 / n))
 
 
@@ -207,24 +215,22 @@ def extracranial(grid, brain: np.ndarray, rng: np.random.Generator):
     """
     h = float(grid.vs)
     shape = brain.shape
-    # MNI direction of every voxel from the vault centre (float32: 3 × 4 bytes per voxel)
-    sl_all = tuple(slice(0, n) for n in shape)
-    idx = np.indices(shape, dtype=np.float32)
-    M = grid.vox2mni.astype(np.float32)
-    mni = [M[r, 0] * idx[0] + M[r, 1] * idx[1] + M[r, 2] * idx[2] + M[r, 3] for r in range(3)]
-    del idx
-    # intermuscular fat planes of the face and neck: a smooth random field of ≈ 25 mm wavelength
-    marbling = np.zeros(shape, np.float32)
+    out = ~brain
+    # intermuscular fat planes of the face and neck: a smooth random field of ≈ 25 mm wavelength (drawn first)
+    waves = []
     for _ in range(8):
         k = rng.standard_normal(3)
         k *= (2 * math.pi / 25.0) / max(np.linalg.norm(k), 1e-9)
-        marbling += np.cos(k[0] * mni[0] + k[1] * mni[1] + k[2] * mni[2] + rng.uniform(0, 2 * math.pi))
-    fat_core = np.clip(_CORE_FAT + 0.5 * marbling * np.float32(math.sqrt(2.0 / 8)), 0.0, 1.0).astype(np.float32)
-    del marbling
-    rel = [m - np.float32(c) for m, c in zip(mni, _CENTRE)]
+        waves.append((*map(float, k), float(rng.uniform(0, 2 * math.pi))))
+    # distance (mm) of each outside voxel from the intracranial surface (half a voxel outside the last inside centre)
+    d_b = ndimage.distance_transform_edt(out, sampling=(h, h, h)).astype(np.float32) - np.float32(h / 2)
+    d_b[brain] = -1.0
+    # thickness fields, evaluated only in the shell where cranial layers and the vault's soft tissue can lie
+    ii = np.nonzero(out & (d_b < _SHELL_MM))
+    rel = [m - np.float32(c) for m, c in zip(_mni_at(grid, ii), _CENTRE)]
     norm = np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2) + np.float32(1e-6)
     u = [r / norm for r in rel]
-    del rel, norm, mni
+    del rel, norm
     ux, uy, uz = u
     temporal = np.abs(ux) ** 3 * np.exp(-(((uz + 0.15) / 0.45) ** 2)) * (uy > -0.75)  # squama: thin
     temporalis = np.abs(ux) ** 2 * np.exp(-(((uz - 0.05) / 0.35) ** 2)) * np.exp(-(((uy - 0.1) / 0.6) ** 2))
@@ -232,21 +238,21 @@ def extracranial(grid, brain: np.ndarray, rng: np.random.Generator):
     skull = (6.0 + 2.0 * np.maximum(-uy, 0) ** 2 + 1.0 * np.maximum(uy, 0) ** 2 - 4.8 * temporal + 0.8 * n1)
     skull = np.clip(skull, 1.2, 10.0).astype(np.float32)
     csf = np.clip(1.6 + 0.6 * n2 - 0.9 * temporal, 0.4, 3.0).astype(np.float32)
-    fat = np.clip(4.5 + 1.2 * n3, 2.0, 7.0).astype(np.float32)
+    fat_shell = np.clip(4.5 + 1.2 * n3, 2.0, 7.0).astype(np.float32)
     muscle = (9.0 * temporalis).astype(np.float32)
     table = np.clip(0.3 * skull, 0.6, 2.0).astype(np.float32)
-    del u, ux, uy, uz, n1, n2, n3
-
-    # distance (mm) of each outside voxel from the intracranial surface (half a voxel outside the last inside centre)
-    d_b = ndimage.distance_transform_edt(~brain, sampling=(h, h, h)).astype(np.float32) - np.float32(h / 2)
-    d_b[brain] = -1.0
+    del u, ux, uy, uz, n1, n2, n3, temporal, temporalis
     b1 = csf
-    b2 = b1 + _DURA
+    b2 = b1 + np.float32(_DURA)
     b3 = b2 + table
     b4 = b2 + skull - table
     b5 = b2 + skull
     b6 = b5 + muscle
-    vault = d_b < b6 + fat + _SKIN  # the head's vault including its soft covering
+    db = d_b[ii]
+    vault = np.zeros(shape, bool)  # the head's vault including its soft covering
+    vault[ii] = db < b6 + fat_shell + np.float32(_SKIN)
+    fat = np.full(shape, 4.5, np.float32)
+    fat[ii] = fat_shell
     body = vault.copy()
     for c, r in _BODY:
         sl, dep = _shape_block(grid, "ell", (c, r), 0.0)
@@ -254,13 +260,19 @@ def extracranial(grid, brain: np.ndarray, rng: np.random.Generator):
             body[sl] |= dep >= 0
     body |= brain
     d_s = ndimage.distance_transform_edt(body, sampling=(h, h, h)).astype(np.float32) - np.float32(h / 2)
+    jj = np.nonzero(body & ~vault & out)
+    mj = _mni_at(grid, jj)
+    marbling = sum(np.cos(a * mj[0] + b * mj[1] + c * mj[2] + np.float32(p)) for a, b, c, p in waves)
+    fat_core = np.zeros(shape, np.float32)
+    fat_core[jj] = np.clip(_CORE_FAT + 0.5 * marbling * np.float32(math.sqrt(2.0 / 8)), 0.0, 1.0)
+    del mj, marbling
 
     mix = _Mixer(shape)
-    out = ~brain
     layers = [(1, 0.0, b1), (26, b1, b2), (20, b2, b3), (27, b3, b4), (20, b4, b5)]
     cranial = np.zeros(shape, np.float32)
     for lab, a, b in layers:
-        f = _overlap(d_b, a, b, h) * out
+        f = np.zeros(shape, np.float32)
+        f[ii] = _overlap(db, a, b, h)
         cranial += f
         mix.add(lab, f)
     rest = np.clip(1.0 - cranial, 0.0, 1.0) * out
@@ -269,7 +281,7 @@ def extracranial(grid, brain: np.ndarray, rng: np.random.Generator):
     f_skin = _overlap(d_s, 0.0, _SKIN, h)
     f_fat = _overlap(d_s, _SKIN, _SKIN + fat, h)
     f_core = np.clip(1.0 - f_skin - f_fat, 0.0, 1.0)
-    f_core_fat = f_core * np.where(vault, np.float32(0.0), fat_core)  # temporalis: plain muscle
+    f_core_fat = f_core * fat_core  # zero in the vault: temporalis is plain muscle
     for lab, f in ((29, f_skin), (28, f_fat + f_core_fat), (30, f_core - f_core_fat)):
         mix.add(lab, (rest * f * body).astype(np.float32))
     del f_skin, f_fat, f_core, f_core_fat, fat_core, d_s
@@ -292,6 +304,5 @@ def extracranial(grid, brain: np.ndarray, rng: np.random.Generator):
     chi, m0, r1, r2, fatf = mix.maps()
     labels = mix.labels
     labels[brain] = 0
-    summary = {"skull_mm": (float(skull[vault & out].min()), float(skull[vault & out].max())),
-               "fat_mm": (float(fat.min()), float(fat.max()))}
+    summary = {"skull_mm": (float(skull.min()), float(skull.max())), "fat_mm": (float(fat.min()), float(fat.max()))}
     return chi, m0, r1, r2, fatf, labels, summary
