@@ -478,9 +478,10 @@ def simulate_gre(
         sign = 1.0 if e % 2 == 0 else -1.0
         phases.append(phi0 + sign * g * x_ro + (w * t) * field)
     sig = torch.polar(mag, torch.stack(phases))
+    dephase = _dephasing(field, vin, list(te), b0, support=vols["m0"] > 0) if intravoxel_dephasing else None
     for e, t in enumerate(te):
-        if intravoxel_dephasing:
-            sig[e] = sig[e] * _dephasing(field, vin, t, b0, support=vols["m0"] > 0)
+        if dephase is not None:
+            sig[e] = sig[e] * dephase[e]
         if "fat_fraction" in extra:
             sig[e] = sig[e] * fat_phasor(extra["fat_fraction"], t, b0, float(fat_shift_ppm))
     if vreq != vin:

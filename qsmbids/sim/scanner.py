@@ -149,37 +149,42 @@ def fat_phasor(fat_fraction, echo_time: float, field_strength: float, shift_ppm:
     return (1 - fat_fraction) + fat_fraction * complex(math.cos(theta), math.sin(theta))
 
 
-def intravoxel_dephasing(field_ppm, voxel_size: Sequence[float], echo_time: float, field_strength: float,
-                         support=None):
+def intravoxel_dephasing(field_ppm, voxel_size: Sequence[float], echo_time, field_strength: float, support=None):
     """Real factor Π_axes sinc(γ̄·B0·∂_a δB·Δ_a·TE) of a voxel with a linear field across it (numpy sinc).
 
     ∂_a δB (ppm/mm) is the mean of the forward and backward differences towards neighbours inside ``support``
     (e.g. M0 > 0; all voxels when None): the field jumps across a tissue/air interface, and a difference that
     straddles it would dephase the tissue voxel by a gradient it does not contain. The factor is ≤ 1 in magnitude
-    and can be negative (a π phase flip), as the integral of a linear phase over the voxel is. Torch in and out.
+    and can be negative (a π phase flip), as the integral of a linear phase over the voxel is. Torch in and out;
+    ``echo_time`` a number (one factor) or a sequence (a list of factors, the gradients computed once).
     """
     import torch
 
     f = field_ppm
     s = torch.ones_like(f, dtype=torch.bool) if support is None else support.to(torch.bool)
     hz_per_ppm = GAMMA_BAR * field_strength * 1e-6  # Hz per ppm
-    out = torch.ones_like(f)
+    steps = []  # field change across the voxel (Hz) per axis
     for ax, d in enumerate(voxel_size):
         n = f.shape[ax]
         if n < 2:
             continue
-        df = torch.diff(f, dim=ax) / float(d)  # between i and i+1
+        df = torch.diff(f, dim=ax)  # between i and i+1 (ppm)
         ok = torch.narrow(s, ax, 0, n - 1) & torch.narrow(s, ax, 1, n - 1)
         df = torch.where(ok, df, torch.zeros_like(df))
         okf = ok.to(f.dtype)
-        # forward difference at i = df[i]; backward difference at i = df[i - 1]
         zero = torch.zeros_like(torch.narrow(df, ax, 0, 1))
-        fwd, bwd = torch.cat([df, zero], dim=ax), torch.cat([zero, df], dim=ax)
-        zf = torch.zeros_like(torch.narrow(okf, ax, 0, 1))
-        nf, nb = torch.cat([okf, zf], dim=ax), torch.cat([zf, okf], dim=ax)
-        g = (fwd + bwd) / torch.clamp(nf + nb, min=1.0)
-        out = out * torch.sinc(g * (hz_per_ppm * float(d) * echo_time))
-    return out
+        # forward difference at i = df[i], backward difference at i = df[i − 1]; mean of those that exist
+        summed = torch.cat([df, zero], dim=ax) + torch.cat([zero, df], dim=ax)
+        count = torch.cat([okf, zero], dim=ax) + torch.cat([zero, okf], dim=ax)
+        steps.append(summed / torch.clamp(count, min=1.0) * hz_per_ppm)
+    single = not isinstance(echo_time, (list, tuple))
+    out = []
+    for te in ([echo_time] if single else echo_time):
+        fac = torch.ones_like(f)
+        for st in steps:
+            fac = fac * torch.sinc(st * float(te))
+        out.append(fac)
+    return out[0] if single else out
 
 
 def nuisances(head, *, seed: int, fat_shift: bool = False, shim_hz: float = 40.0, phase_amplitude: float = 2.0
