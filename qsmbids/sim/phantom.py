@@ -16,9 +16,12 @@ Tissues (labels, see :data:`LABEL_NAMES`):
   selection in quantitative susceptibility mapping").
 * Superior sagittal and straight sinus: tubes along a polyline following their midline MNI course.
 * Optional lesions: a calcification (χ < 0), a haemorrhage (χ > 0) and four small MS-like WM lesions.
-* Outside the brain: 2 mm CSF layer, 6 mm skull, 5 mm scalp/soft tissue, a soft-tissue face and neck, air pockets
-  (frontal/ethmoid/sphenoid/maxillary sinuses, ear canals) and air outside the head, so a realistic background field
-  exists once the forward model is applied.
+* Outside the brain (``anatomy="realistic"``, the default): skull of varying thickness with marrow, dura, scalp
+  fat, skin, muscle, eyes, optic nerves, sinuses, face, neck and spinal cord with partial volume, built by
+  :func:`qsmbids.sim.anatomy.extracranial` (tissue values and sources there). ``anatomy="simple"``: the earlier
+  2 mm CSF layer, 6 mm skull, 5 mm scalp/soft tissue, a soft-tissue face and neck, air pockets
+  (frontal/ethmoid/sphenoid/maxillary sinuses, ear canals). Either way air lies outside the head, so a realistic
+  background field exists once the forward model is applied.
 
 χ (ppm, relative to CSF ≈ water, the QSM convention) — nominal values (ranges seen in the literature):
 WM −0.03 (−0.06…−0.01), GM 0.02 (0…0.05), caudate 0.05 (0.03…0.09), putamen 0.09 (0.03…0.12),
