@@ -37,6 +37,8 @@ from qsmbids.qsm._utils import (
 )
 from qsmbids.qsm.fourier import forward_field
 from qsmbids.qsm.phase import GAMMA_BAR, wrap
+from qsmbids.sim.scanner import fat_phasor
+from qsmbids.sim.scanner import intravoxel_dephasing as _dephasing
 
 __all__ = [
     "t1w_image",
@@ -342,6 +344,10 @@ def simulate_gre(
     phase_units: str = "rad",
     seed: int = 0,
     oversample: int = 1,
+    shim_field=None,
+    fat_fraction=None,
+    fat_shift_ppm: float = -3.4,
+    intravoxel_dephasing: bool = False,
 ) -> GreData:
     """Simulate a multi-echo 3-D spoiled GRE acquisition of a susceptibility/relaxation model.
 
@@ -385,6 +391,17 @@ def simulate_gre(
         Seeds φ0 and the noise: the same seed gives identical arrays.
     oversample
         Passed to :func:`total_field` (use 2 when the target grid equals the input grid and B0 is oblique).
+    shim_field
+        A field (ppm, input grid) added to δB, e.g. :func:`qsmbids.sim.scanner.shim_field`; it is part of the
+        returned ``total_field_ppm`` (a background field) and not of ``local_field_ppm``. ``None``: none.
+    fat_fraction, fat_shift_ppm
+        Fat signal fraction ff (0–1, input grid): each voxel's signal is multiplied by
+        (1 − ff) + ff·exp(i·2π·γ̄·B0·shift·TE) (single-peak fat at ``fat_shift_ppm``, default −3.4 ppm;
+        :func:`qsmbids.sim.scanner.fat_phasor`). Not part of the returned fields. ``None``: no fat shift.
+    intravoxel_dephasing
+        Multiply each input voxel's signal by Π sinc(γ̄·B0·∂δB·Δ·TE) (its own field gradient,
+        :func:`qsmbids.sim.scanner.intravoxel_dephasing`); the k-space resampling to a coarser target adds the
+        dephasing between input voxels. Off by default.
     """
     chi = _check_volume(as_real(to_tensor(chi), "chi"), "chi")
     shape = tuple(chi.shape)
@@ -441,7 +458,18 @@ def simulate_gre(
     x_ro = ((torch.arange(shape[0], device=dev, dtype=torch.float32) - (shape[0] - 1) / 2) * vin[0]).reshape(-1, 1, 1)
 
     # fields (ppm) on the input grid, the model's signal, then the target grid
+    extra = {}
+    for name, arr in (("shim_field", shim_field), ("fat_fraction", fat_fraction)):
+        if arr is not None:
+            t = as_real(to_tensor(arr), name).to(dev)
+            if tuple(t.shape) != shape or not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}: expected finite values of shape {shape}, got {tuple(t.shape)}")
+            extra[name] = t
+    if "fat_fraction" in extra and not bool(((extra["fat_fraction"] >= 0) & (extra["fat_fraction"] <= 1)).all()):
+        raise ValueError("fat_fraction: expected values within 0–1")
     field = total_field(chi, vin, bdir, oversample=o)
+    if "shim_field" in extra:
+        field = field + extra["shim_field"]
     local = total_field(chi * mask, vin, bdir, oversample=o)
     mag = spgr_signal(vols["m0"], vols["r1"], vols["r2star"], tr=tr, flip_angle_deg=flip_angle_deg, echo_times=te)
     w = 2 * math.pi * GAMMA_BAR * b0 * 1e-6  # rad/s per ppm
@@ -450,6 +478,12 @@ def simulate_gre(
         sign = 1.0 if e % 2 == 0 else -1.0
         phases.append(phi0 + sign * g * x_ro + (w * t) * field)
     sig = torch.polar(mag, torch.stack(phases))
+    dephase = _dephasing(field, vin, list(te), b0, support=vols["m0"] > 0) if intravoxel_dephasing else None
+    for e, t in enumerate(te):
+        if dephase is not None:
+            sig[e] = sig[e] * dephase[e]
+        if "fat_fraction" in extra:
+            sig[e] = sig[e] * fat_phasor(extra["fat_fraction"], t, b0, float(fat_shift_ppm))
     if vreq != vin:
         sig, vout = resample_kspace(sig, vin, vreq)
         field, _ = resample_kspace(field, vin, vreq)

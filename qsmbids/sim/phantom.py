@@ -16,9 +16,12 @@ Tissues (labels, see :data:`LABEL_NAMES`):
   selection in quantitative susceptibility mapping").
 * Superior sagittal and straight sinus: tubes along a polyline following their midline MNI course.
 * Optional lesions: a calcification (χ < 0), a haemorrhage (χ > 0) and four small MS-like WM lesions.
-* Outside the brain: 2 mm CSF layer, 6 mm skull, 5 mm scalp/soft tissue, a soft-tissue face and neck, air pockets
-  (frontal/ethmoid/sphenoid/maxillary sinuses, ear canals) and air outside the head, so a realistic background field
-  exists once the forward model is applied.
+* Outside the brain (``anatomy="realistic"``, the default): skull of varying thickness with marrow, dura, scalp
+  fat, skin, muscle, eyes, optic nerves, sinuses, face, neck and spinal cord with partial volume, built by
+  :func:`qsmbids.sim.anatomy.extracranial` (tissue values and sources there). ``anatomy="simple"``: the earlier
+  2 mm CSF layer, 6 mm skull, 5 mm scalp/soft tissue, a soft-tissue face and neck, air pockets
+  (frontal/ethmoid/sphenoid/maxillary sinuses, ear canals). Either way air lies outside the head, so a realistic
+  background field exists once the forward model is applied.
 
 χ (ppm, relative to CSF ≈ water, the QSM convention) — nominal values (ranges seen in the literature):
 WM −0.03 (−0.06…−0.01), GM 0.02 (0…0.05), caudate 0.05 (0.03…0.09), putamen 0.09 (0.03…0.12),
@@ -56,8 +59,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..qsm._utils import check_positive
+from .anatomy import EXTRA_TISSUE, extracranial
 
-__all__ = ["GRID_BOX_MM", "LABEL_NAMES", "HeadModel", "make_head"]
+__all__ = ["ANATOMIES", "GRID_BOX_MM", "LABEL_NAMES", "HeadModel", "make_head"]
 
 # label -> (name, chi ppm, M0, R1 1/s @3T, R2* 1/s @3T)
 _TISSUE: dict[int, tuple[str, float, float, float, float]] = {
@@ -88,7 +92,9 @@ _TISSUE: dict[int, tuple[str, float, float, float, float]] = {
     24: ("haemorrhage", 0.8, 0.80, 1.20, 100.0),
     25: ("ms_lesion", 0.04, 0.80, 0.90, 22.0),
 }
-LABEL_NAMES: dict[int, str] = {k: v[0] for k, v in _TISSUE.items()}
+LABEL_NAMES: dict[int, str] = {k: v[0] for k, v in _TISSUE.items()} | {k: v[0] for k, v in EXTRA_TISSUE.items()}
+#: Extracranial anatomies: ``"realistic"`` (:mod:`qsmbids.sim.anatomy`) or ``"simple"`` (uniform shells).
+ANATOMIES = ("realistic", "simple")
 _NO_JITTER = {0, 1, 22}  # references / air
 
 # Deep nuclei: (label_left, label_right, |x| centre, y, z, radii x, y, z) in MNI mm.
@@ -147,6 +153,9 @@ class HeadModel:
     field_strength: float
     rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: fat signal fraction (0–1; M0-weighted) per voxel, for the fat chemical shift; None for the simple head
+    fat_fraction: np.ndarray | None = None
+    anatomy: str = "realistic"
 
     def labels_table(self) -> list[dict]:
         """One row per label present: index, name, and the mean χ (ppm), M0, R1 (1/s), R2* (1/s) over its voxels."""
@@ -267,7 +276,7 @@ def _tube_depth(mni, points, radius):
 def make_head(seed: int = 0, *, field_strength: float = 3.0, lesions: bool = False, voxel_size: float = 1.0,
               rotation_deg: tuple[float, float, float] | None = None,
               translation_mm: tuple[float, float, float] | None = None,
-              jitter: float = 0.1, texture_ppm: float = 0.005) -> HeadModel:
+              jitter: float = 0.1, texture_ppm: float = 0.005, anatomy: str = "realistic") -> HeadModel:
     """Build a realistic head phantom (χ in ppm relative to CSF; see the module docstring for all sources).
 
     Parameters: ``seed`` drives every random choice (motion when not given, χ jitter, lesion offsets, texture);
@@ -275,8 +284,13 @@ def make_head(seed: int = 0, *, field_strength: float = 3.0, lesions: bool = Fal
     the output grid (a fixed scanner box :data:`GRID_BOX_MM`; 2 mm gives 105×128×109 voxels);
     ``rotation_deg`` (about x, y, z, applied Rz·Ry·Rx around the MNI origin) and ``translation_mm``: rigid motion,
     ``None`` → uniform random in ±10° / ±5 mm; ``jitter``: relative std of the per-region χ; ``texture_ppm``: std
-    of the smooth χ texture in the brain. Returns a :class:`HeadModel` (float32 maps, int16 labels).
+    of the smooth χ texture in the brain; ``anatomy``: what lies outside the intracranial space,
+    ``"realistic"`` (default: varying skull with marrow, scalp fat, muscle, eyes, sinuses, neck, with partial
+    volume; :mod:`qsmbids.sim.anatomy`) or ``"simple"`` (the earlier uniform CSF/skull/scalp shells, kept to
+    reproduce old datasets: same brain, same seed use). Returns a :class:`HeadModel` (float32 maps, int16 labels).
     """
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"anatomy: expected one of {', '.join(ANATOMIES)}; got {anatomy!r}")
     try:
         vs = float(voxel_size)
     except (TypeError, ValueError) as exc:
@@ -367,10 +381,36 @@ def make_head(seed: int = 0, *, field_strength: float = 3.0, lesions: bool = Fal
         noise /= max(float(noise.std()), 1e-12)
         maps[0] += np.where(brain_mask, float(texture_ppm) * noise, 0.0).astype(np.float32)
 
+    if anatomy == "realistic":
+        # own random stream, so that the brain is the same as with the simple anatomy for a given seed
+        chi_x, m0_x, r1_x, r2_x, fat_x, lab_x, _ = extracranial(grid, brain_mask,
+                                                              np.random.default_rng([int(seed), 13]))
+        outside = ~brain_mask
+        for arr, val in zip(maps, (chi_x, m0_x, r1_x, r2_x * np.float32(b0 / 3.0))):
+            arr[outside] = val[outside]
+        labels[outside] = lab_x[outside]
+        fat_fraction = np.where(outside, fat_x, np.float32(0.0)).astype(np.float32)
+        head_mask = brain_mask | (maps[1] > 0)
+    else:
+        _simple_extracranial(grid, brain_mask, maps, labels, props, vs)
+        fat_fraction = None
+        head_mask = (labels != 0) & (labels != 22)
+
+    present = sorted(int(v) for v in np.unique(labels))
+    return HeadModel(
+        chi=maps[0], labels=labels, names={i: LABEL_NAMES[i] for i in present},
+        m0=maps[1], r1=maps[2], r2star=maps[3], brain_mask=brain_mask,
+        head_mask=head_mask, affine=grid.affine.copy(), voxel_size=(vs, vs, vs),
+        field_strength=b0, rotation_deg=rot_deg, translation_mm=trans, fat_fraction=fat_fraction, anatomy=anatomy,
+    )
+
+
+def _simple_extracranial(grid, brain_mask, maps, labels, props, vs) -> None:
+    """The simple head: 2 mm CSF, 6 mm skull, 5 mm scalp shells, ellipsoid face/neck and air pockets (in place)."""
     # Extracranial layers from the distance (mm) to the intracranial space.
     dist = ndimage.distance_transform_edt(~brain_mask, sampling=(vs, vs, vs))
     outside = ~brain_mask
-    layers = np.zeros(shape, np.int16)
+    layers = np.zeros(brain_mask.shape, np.int16)
     layers[outside & (dist <= _CSF_SHELL)] = 1
     layers[outside & (dist > _CSF_SHELL) & (dist <= _CSF_SHELL + _SKULL)] = 20
     layers[outside & (dist > _CSF_SHELL + _SKULL) & (dist <= _CSF_SHELL + _SKULL + _SCALP)] = 21
@@ -390,10 +430,3 @@ def make_head(seed: int = 0, *, field_strength: float = 3.0, lesions: bool = Fal
             maps[i][sel] = props[lab][i]
         labels[sel] = lab
 
-    present = sorted(int(v) for v in np.unique(labels))
-    return HeadModel(
-        chi=maps[0], labels=labels, names={i: LABEL_NAMES[i] for i in present},
-        m0=maps[1], r1=maps[2], r2star=maps[3], brain_mask=brain_mask,
-        head_mask=(labels != 0) & (labels != 22), affine=grid.affine.copy(), voxel_size=(vs, vs, vs),
-        field_strength=b0, rotation_deg=rot_deg, translation_mm=trans,
-    )

@@ -30,6 +30,7 @@ VALIDATOR = shutil.which("bids-validator-deno")
         (["--voxel-size", "6"], "--voxel-size"),
         (["--subjects", "0"], "--subjects"),
         (["--b0-tilt", "95"], "--b0-tilt"),
+        (["--anatomy", "simple", "--fat-shift"], "--fat-shift"),
     ],
 )
 def test_usage_errors_exit_64_and_write_nothing(tmp_path, capsys, args, message):
@@ -136,3 +137,21 @@ def test_sessions_t1w_lesions_arbitrary_units_validator_clean(tmp_path):
                               check=False)
         errors = [i for i in json.loads(proc.stdout)["issues"]["issues"] if i["severity"] == "error"]
         assert errors == [], errors[:3]
+
+
+def test_anatomy_simple_and_fat_shift(tmp_path):
+    """--anatomy simple writes the earlier head (one 'scalp' label); --fat-shift changes only the phase of fat."""
+    assert main([str(tmp_path / "s"), "--preset", "test", "--anatomy", "simple"]) == 0
+    tsv = (tmp_path / "s/derivatives/qsmbids-sim/sub-01/anat/sub-01_dseg.tsv").read_text()
+    assert "\tscalp\n" in tsv and "\tfat\n" not in tsv
+    assert main([str(tmp_path / "r"), "--preset", "test"]) == 0
+    assert main([str(tmp_path / "f"), "--preset", "test", "--fat-shift"]) == 0
+    tsv = (tmp_path / "r/derivatives/qsmbids-sim/sub-01/anat/sub-01_dseg.tsv").read_text()
+    assert "\tfat\n" in tsv and "\tdiploe\n" in tsv and "\tscalp\n" not in tsv
+    name = "sub-01/anat/sub-01_echo-2_part-phase_MEGRE.nii.gz"
+    a = nib.load(tmp_path / "r" / name).get_fdata()
+    b = nib.load(tmp_path / "f" / name).get_fdata()
+    fat = nib.load(tmp_path / "r/derivatives/qsmbids-sim/sub-01/anat/sub-01_dseg.nii.gz").get_fdata() == 28
+    brain = nib.load(tmp_path / "r/derivatives/qsmbids-sim/sub-01/anat/sub-01_desc-brain_mask.nii.gz").get_fdata() > 0
+    assert np.abs(np.angle(np.exp(1j * (a - b))))[fat].mean() > 0.5
+    assert np.abs(np.angle(np.exp(1j * (a - b))))[brain].max() < 1e-5
