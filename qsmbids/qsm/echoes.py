@@ -147,6 +147,7 @@ def _bbox(weight: Tensor, margin: Sequence[int]) -> tuple[slice, ...]:
     return tuple(box)
 
 
+@numpy_io
 def smooth_phase_linear(
     phase: Tensor,
     weight: Tensor,
@@ -154,18 +155,21 @@ def smooth_phase_linear(
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
     *,
     ridge: float = 1e-3,
+    iterations: int = 3,
 ) -> Tensor:
     """Smooth a wrapped phase map by a Gaussian-weighted *local linear* fit (rad in, rad out, wrapped).
 
-    First the circular mean φ_s = arg(G ∗ (w·e^{iφ})); then, per voxel x, the residual r = wrap(φ − φ_s) is fitted
-    by a + g·(y − x) over the Gaussian window G(y − x)·w(y) (first-order normalised convolution, Knutsson &
+    First the circular mean φ_s = arg(G ∗ (w·e^{iφ})); then, per voxel x, the residual r = wrap(φ − φ_s) is
+    fitted by a + g·(y − x) over the Gaussian window G(y − x)·w(y) (first-order normalised convolution, Knutsson &
     Westin, CVPR 1993) and φ_s + a is returned. A plain (zeroth-order) weighted mean is biased wherever the window
     is cut by the mask edge, by about the phase gradient times the shift of the window's centre of mass (up to
     ~0.8σ): with a 10 mm σ and a phase offset that changes by π across the head that is several tenths of a rad at
     the brain edge, i.e. several Hz of non-harmonic field error. The local linear fit has no bias for offsets
     that are linear within the window. ``weight`` ≥ 0 (0 = not used; e.g. magnitude inside the mask);
     ``ridge`` regularises the gradient where the window holds too few voxels to define it. Values are computed on
-    the bounding box of the weight plus 3σ and are zero elsewhere. 14 Gaussian convolutions (float64).
+    the bounding box of the weight plus 3σ and are zero elsewhere. The fit is applied ``iterations`` times to
+    the remaining residual (the circular mean's bias is not exactly linear); 10 + 4·iterations Gaussian
+    convolutions (float64).
     """
     vs = check_voxel_size(voxel_size)
     sig = _sigma3(sigma_mm)
@@ -175,7 +179,6 @@ def smooth_phase_linear(
     w = weight[box].to(torch.float64)
     z = gaussian_smooth(torch.polar(torch.ones_like(ph), ph) * w, sig, vs)
     phs = torch.angle(z)
-    r = torch.remainder(ph - phs + math.pi, 2 * math.pi) - math.pi
     shape = tuple(ph.shape)
     coords = []
     for d in range(3):
@@ -186,33 +189,40 @@ def smooth_phase_linear(
     def g(x: Tensor) -> Tensor:
         return gaussian_smooth(x, sig, vs)
 
-    s0 = g(w)
-    s1 = [g(w * c) for c in coords]
-    s2 = {(a, b): g(w * coords[a] * coords[b]) for a in range(3) for b in range(a, 3)}
-    rb = g(w * r)
-    r1 = [g(w * r * c) for c in coords]
-    A = torch.zeros((*shape, 4, 4), dtype=torch.float64, device=ph.device)
-    rhs = torch.zeros((*shape, 4), dtype=torch.float64, device=ph.device)
-    A[..., 0, 0] = s0
-    rhs[..., 0] = rb
-    for a in range(3):
-        m1 = s1[a] - coords[a] * s0
-        A[..., 0, a + 1] = m1
-        A[..., a + 1, 0] = m1
-        rhs[..., a + 1] = r1[a] - coords[a] * rb
-        for b in range(a, 3):
-            m2 = s2[(a, b)] - coords[a] * s1[b] - coords[b] * s1[a] + coords[a] * coords[b] * s0
-            A[..., a + 1, b + 1] = m2
-            A[..., b + 1, a + 1] = m2
-    scale = s0.clamp_min(1e-300)
-    for a in range(3):
-        A[..., a + 1, a + 1] = A[..., a + 1, a + 1] + ridge * scale
-    ok = s0 > 1e-9 * float(s0.max()) if s0.numel() else s0 > 0
-    eye = torch.eye(4, dtype=torch.float64, device=ph.device)
-    sol, info = torch.linalg.solve_ex(torch.where(ok[..., None, None], A, eye), rhs)
-    a0 = torch.where(ok & (info == 0), sol[..., 0], torch.zeros_like(s0))
+    # only where the weight is non-zero (the offset is used inside the mask only): moments gathered there
+    sel = w > 0
+    xs = [c[sel] for c in coords]
+    s0 = g(w)[sel]
+    s1 = [g(w * c)[sel] for c in coords]
+    A = torch.empty((int(sel.sum()), 4, 4), dtype=torch.float64, device=ph.device)
+    A[:, 0, 0] = s0
+    for i in range(3):
+        m1 = s1[i] - xs[i] * s0
+        A[:, 0, i + 1] = m1
+        A[:, i + 1, 0] = m1
+        for j in range(i, 3):
+            s2 = g(w * coords[i] * coords[j])[sel]
+            m2 = s2 - xs[i] * s1[j] - xs[j] * s1[i] + xs[i] * xs[j] * s0
+            A[:, i + 1, j + 1] = m2
+            A[:, j + 1, i + 1] = m2
+    del s1
+    for i in range(3):
+        A[:, i + 1, i + 1] += ridge * s0
+    LU, pivots, info = torch.linalg.lu_factor_ex(A)
+    ok = (info == 0) & (s0 > 0)
+    del A
+    est = phs
+    for _ in range(int(iterations)):
+        # the local linear fit reproduces linear phases exactly; iterating on the residual removes what is left of
+        # the circular mean's edge bias, which is not linear (e ← e − LL(e))
+        r = torch.remainder(ph - est + math.pi, 2 * math.pi) - math.pi
+        rb = g(w * r)[sel]
+        rhs = torch.stack([rb] + [g(w * r * c)[sel] - x * rb for c, x in zip(coords, xs)], dim=-1)
+        sol = torch.linalg.lu_solve(LU, pivots, rhs[..., None])[..., 0]
+        est = est.clone()
+        est[sel] = est[sel] + torch.where(ok, sol[:, 0], torch.zeros_like(s0))
     out = torch.zeros(full_shape, dtype=phase.dtype, device=phase.device)
-    out[box] = wrap((phs + a0).to(phase.dtype))
+    out[box] = wrap(est.to(phase.dtype))
     return out
 
 
@@ -323,7 +333,8 @@ def mcpc3ds_offset(
     smoothing
         ``"linear"`` (default): :func:`smooth_phase_linear`, a Gaussian-weighted local linear fit, free of the
         bias a plain weighted mean has where the window is cut by the mask edge (measured on qsm-forward's
-        quadratic offset: the total-field error seen through V-SHARP fell from 74 % to 5x % at 3 mm);
+        quadratic offset at 3 mm: the total-field error seen through V-SHARP fell from 74 % to 61 %; 57 % with
+        the true offset removed);
         ``"gaussian"``: the circular mean of the paper's toolbox.
     """
     ph, mag, m = _prepare(phase, magnitude, mask)
