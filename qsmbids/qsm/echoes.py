@@ -186,8 +186,18 @@ def smooth_phase_linear(
         c = (c - c.mean()) / max(sig[d], 1e-12)
         coords.append(c.reshape([-1 if i == d else 1 for i in range(3)]).expand(shape))
 
+    # the moments and residuals are real: one real-to-complex FFT pair each, float32 (moments are O(1) in units
+    # of σ, so single precision keeps ~6 digits), the kernel computed once
+    pshape = tuple(fast_len(n + 2 * math.ceil(3 * sg / d)) for n, sg, d in zip(shape, sig, vs))
+    freqs = [torch.fft.fftfreq(n, d=d, dtype=torch.float64, device=ph.device) for n, d in zip(pshape[:2], vs[:2])]
+    freqs.append(torch.fft.rfftfreq(pshape[2], d=vs[2], dtype=torch.float64, device=ph.device))
+    expo = sum((sg * f.reshape([-1 if i == a else 1 for i in range(3)])) ** 2
+               for a, (sg, f) in enumerate(zip(sig, freqs)))
+    kernel = torch.exp(-2 * math.pi**2 * expo).to(torch.float32)
+
     def g(x: Tensor) -> Tensor:
-        return gaussian_smooth(x, sig, vs)
+        y = torch.fft.irfftn(torch.fft.rfftn(pad(x.to(torch.float32), pshape)) * kernel, s=pshape)
+        return crop(y, shape).to(torch.float64)
 
     # only where the weight is non-zero (the offset is used inside the mask only): moments gathered there
     sel = w > 0
