@@ -369,3 +369,19 @@ def test_gpu_parity():
     for name in ("field_hz", "residual", "noise", "bipolar_offset", "mcpc_offset"):
         a, b = getattr(cpu, name), getattr(gpu, name).cpu()
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), name
+
+
+def test_smooth_phase_linear_unbiased_at_mask_edge():
+    """A phase ramp inside a sphere: the local linear smoother keeps it at the edge, the plain Gaussian does not."""
+    from qsmbids.qsm.echoes import gaussian_smooth, smooth_phase_linear
+
+    n, vs = 40, (2.0, 2.0, 2.0)
+    x, y, z = np.meshgrid(*(np.arange(n) - n / 2,) * 3, indexing="ij")
+    mask = x**2 + y**2 + z**2 <= 15**2
+    phase = (0.05 * 2.0 * x + 0.02 * 2.0 * y).astype(np.float32)  # rad, 0.05 and 0.02 rad/mm
+    w = mask.astype(np.float32)
+    lin = np.asarray(smooth_phase_linear(phase, w, 10.0, vs))
+    gauss = np.angle(np.asarray(gaussian_smooth(np.exp(1j * phase) * w, 10.0, vs)))
+    edge = mask & (x**2 + y**2 + z**2 > 12**2)
+    assert np.abs(lin - phase)[mask].max() < 0.04  # measured 0.027 (3 iterations), the plain mean: 0.51
+    assert np.abs(gauss - phase)[edge].max() > 0.3
