@@ -21,7 +21,6 @@ from qsmbids.qsm.fourier import dipole_kernel, forward_field
 from qsmbids.qsm.inversion import invert
 from qsmbids.qsm.inversion.medi import edge_mask, medi
 from qsmbids.qsm.inversion.tgv import erode, symmetric_divergence, symmetric_gradient, tgv
-
 from qsmbids.qsm.phantoms import head_phantom
 
 #: MEDI λ for this phantom's extreme noise (σ = 0.005 ppm, 60 % of its RMS field): the old default, chosen on it;
