@@ -381,6 +381,10 @@ class DipoleInversion(_Stage):
         chi = self._paste(self._np(chi), box, mask.shape) * mask
         self._results["out_file"] = save_nifti(chi, img, "chi_ppm.nii")
         out = {"iterations": info.iterations, "converged": info.converged, "fft_pairs": info.fft_pairs}
+        # the regularisation actually used (a value chosen from the data, e.g. by the L-curve, is only known here)
+        out["regularisation"] = {k: info.params[k] for k in ("lambda_", "lambda_rule", "threshold", "threshold_rule",
+                                                             "alpha", "delta", "max_iter", "erosions")
+                                 if k in info.params}
         if info.residual is not None:
             out["residual"] = float(info.residual)
         if info.converged is False:

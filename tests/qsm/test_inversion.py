@@ -33,7 +33,7 @@ SIGMA_LOW = 0.001
 #: (method, params) → NRMSE bound (%) at σ = 0.005 with default parameters; measured axial / oblique.
 BOUNDS_HIGH_NOISE = {
     "tkd": 120.0,  # 107.0 / 103.2
-    "tsvd": 88.0,  # 76.6 / 77.3
+    "tsvd": 100.0,  # 91.2 / 90.2 (threshold 0.1, calibrated on realistic heads; 76.6 / 77.3 with 0.15)
     "tikhonov": 95.0,  # 83.7 / 81.7
     "ilsqr": 97.0,  # 85.0 / 85.6
     "tv": 52.0,  # 45.6 / 44.4
@@ -80,7 +80,9 @@ def test_recovers_phantom_high_noise(high_noise, method):
 @pytest.mark.parametrize("method", ITERATIVE)
 def test_iterative_methods_beat_tkd(high_noise, method):
     for orient in ("axial", "oblique"):
-        assert high_noise[method, orient] < 0.9 * high_noise["tkd", orient]
+        # iLSQR's 10 iterations (calibrated on realistic heads) leave it at 0.96× TKD at this extreme noise
+        factor = 1.0 if method == "ilsqr" else 0.9
+        assert high_noise[method, orient] < factor * high_noise["tkd", orient]
 
 
 @pytest.mark.parametrize("method", OURS)
@@ -157,7 +159,8 @@ def test_direct_methods_match_their_kspace_filters(circular):
         if name == "gradient":
             got = invert(f, mask, VS, OBLIQUE, method="tikhonov", lambda_=lam, regulariser="gradient")
         else:
-            got = invert(f, mask, VS, OBLIQUE, method=name)
+            got = invert(f, mask, VS, OBLIQUE, method=name, **({"lambda_": lam} if name == "tikhonov" else
+                                                                 {"threshold": t}))
         want = _filtered(chi, D, K)
         assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-4, name
 

@@ -23,6 +23,10 @@ from qsmbids.qsm.inversion.medi import edge_mask, medi
 from qsmbids.qsm.inversion.tgv import erode, symmetric_divergence, symmetric_gradient, tgv
 from qsmbids.qsm.phantoms import head_phantom
 
+#: MEDI λ for this phantom's extreme noise (σ = 0.005 ppm, 60 % of its RMS field): the old default, chosen on it;
+#: the default (3000) is calibrated on realistic heads (benchmarks/bench_inversion.py).
+LAM_PHANTOM = 1500.0
+
 VS = (1.0, 1.0, 1.0)
 AXIAL = (0.0, 0.0, 1.0)
 _T = math.radians(15.0)
@@ -90,7 +94,7 @@ def test_medi_converged_accuracy_and_oblique(case):
     ph, fields, tkd_err = case
     errs = {}
     for key, b0 in (("axial", AXIAL), ("oblique", OBLIQUE)):
-        chi = medi(fields[key], ph.mask, VS, b0, magnitude=ph.magnitude, tol=0.01)
+        chi = medi(fields[key], ph.mask, VS, b0, magnitude=ph.magnitude, tol=0.01, lambda_=LAM_PHANTOM)
         errs[key] = nrmse(chi, ph.chi, ph.mask)
         assert errs[key] < 17.5  # measured 15.0 (axial), 14.5 (oblique)
         assert errs[key] < 0.25 * tkd_err[key]
@@ -130,7 +134,7 @@ def test_anisotropic_voxels_beat_tkd(head48_aniso):
     D = dipole_kernel(f.shape, vs, AXIAL, dtype=torch.float64).numpy()
     inv = np.where(np.abs(D) > 0.15, 1.0 / np.where(D == 0, 1.0, D), np.sign(D) / 0.15)
     err_tkd = nrmse(np.real(np.fft.ifftn(np.fft.fftn(f) * inv)) * ph.mask, ph.chi, ph.mask)
-    err_medi = nrmse(medi(f, ph.mask, vs, magnitude=ph.magnitude, tol=0.01), ph.chi, ph.mask)
+    err_medi = nrmse(medi(f, ph.mask, vs, magnitude=ph.magnitude, tol=0.01, lambda_=LAM_PHANTOM), ph.chi, ph.mask)
     err_tgv = nrmse(tgv(f, ph.mask, vs), ph.chi, ph.mask)
     assert err_medi < 17.5  # measured 14.8 (TKD 107)
     assert err_tgv < 44.0  # measured 37.8
@@ -143,8 +147,8 @@ def test_medi_merit_suppresses_outliers(case):
     rng = np.random.default_rng(1)
     idx = rng.choice(np.flatnonzero(ph.mask), 300, replace=False)
     f.flat[idx] += rng.choice([-1.0, 1.0], idx.size) * 0.1  # 300 spikes of 20·σ
-    plain = nrmse(medi(f, ph.mask, VS, magnitude=ph.magnitude, tol=0.01), ph.chi, ph.mask)
-    robust = nrmse(medi(f, ph.mask, VS, magnitude=ph.magnitude, tol=0.01, merit=True), ph.chi, ph.mask)
+    plain = nrmse(medi(f, ph.mask, VS, magnitude=ph.magnitude, tol=0.01, lambda_=LAM_PHANTOM), ph.chi, ph.mask)
+    robust = nrmse(medi(f, ph.mask, VS, magnitude=ph.magnitude, tol=0.01, lambda_=LAM_PHANTOM, merit=True), ph.chi, ph.mask)
     assert robust < 20.0  # measured 14.9
     assert robust < 0.5 * plain  # measured 58.6 without merit
 

@@ -104,7 +104,7 @@ def tv(
     voxel_size: Sequence[float],
     b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
     *,
-    lambda_: float = 1e-3,
+    lambda_: float = 5e-4,
     rho: float | None = None,
     tol: float = 1e-3,
     max_iter: int = 250,
@@ -128,7 +128,8 @@ def tv(
     field is zero outside the mask), as in the paper. Defaults λ = 1e-3, ρ = 100·λ, tol = 1e-3,
     ``max_iter=250`` (QSM.jl) for the field in ppm. λ scales with the field amplitude and noise: on the
     low-contrast 64³ test phantom (RMS field 0.009 ppm) λ = 1e-3 suits σ = 0.005 ppm noise, λ = 1e-4 suits
-    σ = 0.001 ppm (NRMSE 17 % against 45 % with the default). ``pad_factor=1`` (FFT-friendly sizes only) keeps
+    σ = 0.001 ppm. Default λ = 5e-4 (calibrated on realistic simulated heads, see benchmarks/bench_inversion.py): 3e-4 was best after V-SHARP, 1e-3 with the true local
+    field at SNR 20; 5e-4 lies between (QSM.jl's 1e-3 was 9 % worse after V-SHARP). ``pad_factor=1`` (FFT-friendly sizes only) keeps
     large volumes fast; use 1.5 when the mask reaches the edge of the field of view.
     """
     lam = check_positive(lambda_, "lambda_")
