@@ -173,11 +173,12 @@ def invert_local(local: np.ndarray, mask: np.ndarray, data: RunData, method: str
     return chi
 
 
-def run_pipeline(data: RunData, *, mask: str = "app", stages: Mapping[str, str] | None = None,
+def run_pipeline(data: RunData, *, mask: str | np.ndarray = "app", stages: Mapping[str, str] | None = None,
                  params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The app's chain on ``data`` with ``stages`` (method per stage, default :data:`APP_DEFAULTS`).
 
-    ``mask="true"`` replaces the mask stage with the true brain mask. ``params``: per-stage keyword arguments
+    ``mask="true"`` replaces the mask stage with the true brain mask; an array replaces it with that mask (e.g.
+    :func:`qsmbids.deep.brain.deepbet_mask`, which needs the image's affine and lives above this floor). ``params``: per-stage keyword arguments
     (keys ``mask``, ``unwrap``, ``combine``, ``bgremove``, ``inversion``). Returns the intermediates: ``mask``,
     ``total_field`` (ppm), ``local_field`` (ppm), ``local_mask``, ``chi`` (ppm) and ``times`` (s per stage).
     """
@@ -187,7 +188,9 @@ def run_pipeline(data: RunData, *, mask: str = "app", stages: Mapping[str, str] 
     pr = {k: dict(v) for k, v in (params or {}).items()}
     times = {}
     t0 = time.perf_counter()
-    if mask == "true":
+    if isinstance(mask, np.ndarray):
+        m = mask.astype(bool)
+    elif mask == "true":
         m = data.mask.copy()
     else:
         m = _np(brain_mask(data.magnitude, data.phase, data.echo_times, data.voxel_size, method=st["mask"],
