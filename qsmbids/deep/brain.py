@@ -32,7 +32,7 @@ from scipy import ndimage
 __all__ = ["BRAIN_EXTRACTION_METHODS", "BrainExtractionError", "deepbet_info", "deepbet_mask", "deepbet_probability"]
 
 #: Erosion (mm) of the deepbet mask in the app's default (``--param deepbet.erode_mm``).
-DEFAULT_DEEPBET_ERODE_MM: float = 0.0
+DEFAULT_DEEPBET_ERODE_MM: float = 3.0
 #: Mask methods implemented by a network (the numerical ones live in :data:`qsmbids.qsm.mask.MASK_METHODS`).
 BRAIN_EXTRACTION_METHODS: tuple[str, ...] = ("deepbet",)
 

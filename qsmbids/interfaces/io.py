@@ -296,7 +296,7 @@ def _mask_info(record: dict | None) -> dict:
         return {}
     return {"Model": f"deepbet {info.get('version', '')}".strip(), "Device": info.get("device"),
             "WeightsSHA256": {k[len("sha256_"):]: v for k, v in info.items() if k.startswith("sha256_")},
-            "QualityRimMM": info.get("rim_mm")}
+            "ErosionMM": info.get("erode_mm"), "QualityRimMM": info.get("rim_mm")}
 
 
 class SidecarMetadata(SimpleInterface):
@@ -315,7 +315,8 @@ class SidecarMetadata(SimpleInterface):
 
         acq = {"EchoTime": load["echo_times_s"], "MagneticFieldStrength": load["field_strength_t"],
                "B0Direction": load["b0_direction"], "B0Angle": round(load["b0_angle_deg"], 3)}
-        chain = {"Masking": {**step("mask"), **_mask_info(stages.get("mask"))}, "PhaseUnwrapping": step("unwrap"), "EchoCombination": step("combine")}
+        chain = {"Masking": {**step("mask"), **_mask_info(stages.get("mask"))}, "PhaseUnwrapping": step("unwrap"),
+                 "EchoCombination": step("combine")}
         bg = {"BackgroundFieldRemoval": step("bgremove")}
         ref = stages.get("reference", {})
         self._results.update({

@@ -211,9 +211,9 @@ class BrainMask(_Stage):
                 from ..deep.brain import deepbet_info, deepbet_mask
 
                 dev = self._device().type
-                m = deepbet_mask(mag, img.affine, threshold=params.get("threshold", 0.5),
-                                 erode_mm=params.get("erode_mm", DEFAULT_DEEPBET_ERODE_MM), device=dev)
-                info.update(deepbet_info(), device=dev)
+                erode = float(params.get("erode_mm", DEFAULT_DEEPBET_ERODE_MM))
+                m = deepbet_mask(mag, img.affine, threshold=params.get("threshold", 0.5), erode_mm=erode, device=dev)
+                info.update(deepbet_info(), device=dev, erode_mm=erode)
                 rim = float(params.get("rim_mm", DEFAULT_REFINE_RIM_MM))
                 if rim > 0:
                     before = int(m.sum())

