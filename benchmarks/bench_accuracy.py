@@ -42,6 +42,9 @@ BG_VARIANTS = {
     "lbv": ("lbv", {}),
 }
 QUICK_BG = ("vsharp", "resharp", "pdf", "lbv")
+#: datasets: ours (qsmbids-sim, 3 T, axial), oblique (+ lesions, B0 20° off the slice axis), 7t (7 T, shorter TEs),
+#: qsmforward (the same head simulated by qsm-forward)
+DATASETS = ("ours", "oblique", "7t", "qsmforward")
 INVERSIONS = ("medi", "rts", "tv")
 QUICK_INV = ("medi",)
 
@@ -74,6 +77,20 @@ def make_datasets(work: Path, resolution: float, seed: int, which: tuple[str, ..
             if sim_main(args) != 0:
                 raise RuntimeError("qsmbids-sim failed")
         out[f"ours {resolution:g} mm"] = root
+    variants = {"oblique": (["--lesions", "--b0-tilt", "20"], "lesions, B0 20°"),
+                "7t": (["--field-strength", "7", "--echo-times", "3", "6", "9"] if preset == "test" else
+                       ["--field-strength", "7", "--echo-times", "3", "6", "9", "12", "15"], "7 T")}
+    for key, (extra, label) in variants.items():
+        if key not in which:
+            continue
+        root = work / f"{key}-{resolution:g}mm"
+        if not root.exists():
+            args = [str(root), "--preset", preset, "--seed", str(seed), *extra]
+            if preset == "demo" and resolution != 1:
+                args += ["--voxel-size", str(resolution)]
+            if sim_main(args) != 0:
+                raise RuntimeError("qsmbids-sim failed")
+        out[f"ours {resolution:g} mm, {label}"] = root
     if "qsmforward" in which:
         root = work / f"qsmforward-{resolution:g}mm"
         if not root.exists():
@@ -100,7 +117,12 @@ def evaluate(root: Path, name: str, *, mask: str, stages: dict, params: dict, bg
 
     data = load_bids_run(root, name=name)
     t0 = time.perf_counter()
-    res = run_pipeline(data, mask=mask, stages=stages, params=params)
+    m = mask
+    if mask == "app" and stages["mask"] == "deepbet":  # the network lives in qsmbids.deep, above qsmbids.sim
+        from qsmbids.deep.brain import DEFAULT_DEEPBET_ERODE_MM, deepbet_mask
+
+        m = np.asarray(deepbet_mask(data.magnitude, data.affine, erode_mm=DEFAULT_DEEPBET_ERODE_MM, device="cpu"))
+    res = run_pipeline(data, mask=m, stages=stages, params=params)
     row = score_run(data, res, bgremove=stages["bgremove"], bg_params=params.get("bgremove"),
                     inversion=stages["inversion"], inv_params=params.get("inversion"))
     row["t_total"] = time.perf_counter() - t0
@@ -154,7 +176,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="3 mm heads, V-SHARP/RESHARP/PDF/LBV × MEDI only")
     p.add_argument("--resolution", type=float, default=3.0, help="output voxel size in mm (3 = test preset)")
-    p.add_argument("--datasets", nargs="+", default=["ours", "qsmforward"], choices=["ours", "qsmforward"])
+    p.add_argument("--datasets", nargs="+", default=["ours", "qsmforward"], choices=list(DATASETS))
     p.add_argument("--mask", choices=("true", "app"), default="true", help="true brain mask or the app's mask")
     p.add_argument("--bgremove", nargs="+", choices=sorted(BG_VARIANTS), help="grid of background variants")
     p.add_argument("--inversion", nargs="+", help="grid of inversions")

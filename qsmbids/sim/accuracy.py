@@ -56,6 +56,7 @@ class RunData:
     labels: np.ndarray
     total_field: np.ndarray
     local_field: np.ndarray
+    affine: np.ndarray | None = None
 
 
 def _read(path: Path, dtype=np.float32) -> np.ndarray:
@@ -99,7 +100,7 @@ def load_bids_run(root: str | Path, *, name: str | None = None, subject: str | N
         "local_field": _read(truth / f"{prefix}_desc-local_fieldmap.nii.gz"),
     }
     return RunData(name=name or root.name, magnitude=np.stack(mag), phase=np.stack(phase), echo_times=tuple(tes),
-                   field_strength=b0, voxel_size=vs, b0_dir=b0_dir, **t)  # type: ignore[arg-type]
+                   field_strength=b0, voxel_size=vs, b0_dir=b0_dir, affine=np.asarray(img.affine), **t)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------------------
