@@ -23,15 +23,17 @@ from .test_pipeline import B0, TES, _simulate
 pytestmark = pytest.mark.slow
 
 # measured interior NRMSE (demeaned, %) with default parameters (SHARP's default 18 mm radius erodes this small
-# brain away, so it is not in the matrix); bound = measured + 15 % (relative) + 2 points
+# brain away, so it is not in the matrix); bound = measured + 15 % (relative) + 2 points. iLSQR stops at 10 LSMR
+# iterations by default (calibrated on the realistic heads, #13): more regularised, so it scores worse on this
+# piecewise-constant phantom than the former 100 iterations did (vsharp 39.7 → 48.7 %).
 MEASURED = {
-    ("vsharp", "tkd"): 43.7, ("vsharp", "tsvd"): 53.4, ("vsharp", "tikhonov"): 46.6, ("vsharp", "ilsqr"): 39.7,
+    ("vsharp", "tkd"): 43.7, ("vsharp", "tsvd"): 53.4, ("vsharp", "tikhonov"): 46.6, ("vsharp", "ilsqr"): 48.7,
     ("vsharp", "tv"): 44.4, ("vsharp", "rts"): 52.9, ("vsharp", "medi"): 28.6, ("vsharp", "tgv"): 34.1,
     ("resharp", "tkd"): 68.3, ("resharp", "tsvd"): 65.0, ("resharp", "tikhonov"): 63.5, ("resharp", "ilsqr"):
-    48.1, ("resharp", "tv"): 59.3, ("resharp", "rts"): 61.2, ("resharp", "medi"): 29.4, ("resharp", "tgv"):
-    39.0, ("pdf", "tkd"): 54.4, ("pdf", "tsvd"): 58.7, ("pdf", "tikhonov"): 53.1, ("pdf", "ilsqr"): 57.1,
+    60.9, ("resharp", "tv"): 59.3, ("resharp", "rts"): 61.2, ("resharp", "medi"): 29.4, ("resharp", "tgv"):
+    39.0, ("pdf", "tkd"): 54.4, ("pdf", "tsvd"): 58.7, ("pdf", "tikhonov"): 53.1, ("pdf", "ilsqr"): 60.0,
     ("pdf", "tv"): 46.6, ("pdf", "rts"): 57.8, ("pdf", "medi"): 35.9, ("pdf", "tgv"): 47.8, ("lbv", "tkd"):
-    59.2, ("lbv", "tsvd"): 62.0, ("lbv", "tikhonov"): 56.1, ("lbv", "ilsqr"): 69.1, ("lbv", "tv"): 54.9, ("lbv",
+    59.2, ("lbv", "tsvd"): 62.0, ("lbv", "tikhonov"): 56.1, ("lbv", "ilsqr"): 68.5, ("lbv", "tv"): 54.9, ("lbv",
     "rts"): 62.2, ("lbv", "medi"): 40.4, ("lbv", "tgv"): 60.8,
 }
 
