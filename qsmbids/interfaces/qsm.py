@@ -285,6 +285,13 @@ class _CombineOutputSpec(_OutputSpec):
     noise = File(exists=True, desc="standard deviation of the field (Hz)")
 
 
+#: A voxel fits the echoes poorly when the weighted RMS phase residual of the field fit exceeds this (rad): far
+#: above the noise of brain tissue (≈ 1/SNR, below 0.1 rad), typical of unwrapping errors, flow and signal voids.
+POOR_FIT_RAD = 0.5
+#: Above this fraction of the mask fitting poorly the combine stage (and the report) warns.
+POOR_FIT_WARN_FRACTION = 0.10
+
+
 class CombineEchoes(_Stage):
     """Total field (Hz) by weighted least squares over echoes (:func:`qsmbids.qsm.echoes.fit_field`)."""
 
@@ -306,8 +313,17 @@ class CombineEchoes(_Stage):
         self._results["out_file"] = save_nifti(field, img, "total_field_hz.nii")
         self._results["noise"] = save_nifti(noise, img, "field_noise_hz.nii")
         inside = field[mask]
-        return {"field_hz_p1": float(np.percentile(inside, 1)), "field_hz_p99": float(np.percentile(inside, 99)),
-                "residual_rad_median": float(np.median(self._np(fit.residual)[mask]))}
+        resid = self._np(fit.residual)[mask]
+        info = {"field_hz_p1": float(np.percentile(inside, 1)), "field_hz_p99": float(np.percentile(inside, 99)),
+                "residual_rad_median": float(np.median(resid))}
+        if len(self.echo_times) >= 2:  # one echo leaves no residual
+            poor = float(np.mean(resid > POOR_FIT_RAD))
+            info["poor_fit_fraction"] = poor
+            if poor > POOR_FIT_WARN_FRACTION:
+                self._warnings.append(f"{100 * poor:.0f} % of the brain mask fits the echoes poorly (residual > "
+                                      f"{POOR_FIT_RAD:g} rad): unwrapping errors, flow or signal voids; check the "
+                                      "total field in the report")
+        return info
 
 
 # ------------------------------------------------------------------------------------------------------------

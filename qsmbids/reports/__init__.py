@@ -12,6 +12,7 @@ __all__ = ["REPORTLETS", "SECTIONS"]
 #: desc → (suffix, section, caption). Files are ``<run prefix>_desc-<desc>_<suffix>.<svg|html|json>``.
 REPORTLETS: dict[str, tuple[str, str, str]] = {
     "summary": ("MEGRE", "Summary", "Acquisition and processing summary"),
+    "plausibility": ("Chimap", "Summary", "Plausibility checks (real data have no ground truth)"),
     "mask": ("MEGRE", "Mask", "Brain mask outline on the first-echo magnitude"),
     "totalfield": ("MEGRE", "Fields", "Total field (Hz) after unwrapping and echo combination"),
     "localfield": ("MEGRE", "Fields", "Local field (ppm) after background field removal"),

@@ -289,6 +289,12 @@ def init_single_run_wf(*, run: dict[str, Any], output_dir: str, bids_root: str, 
     ])
     if has_mag:
         wf.connect(load, "magnitude", report_wf, "inputnode.magnitude")
+    if roi is not None:
+        wf.connect(roi_wf, "outputnode.dseg", report_wf, "inputnode.roi_dseg")
+        wf.connect(roi_wf, "outputnode.dseg_tsv", report_wf, "inputnode.roi_dseg_tsv")
+        if roi["segmentation"] is None:
+            wf.connect(roi_wf, "outputnode.transforms", report_wf, "inputnode.roi_transforms")
+            wf.connect(roi_wf, "outputnode.invert", report_wf, "inputnode.roi_invert")
     if relax_wf is not None:
         wf.connect(relax_wf, "outputnode.r2star", report_wf, "inputnode.r2star")
     if swi_wf is not None:

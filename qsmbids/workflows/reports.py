@@ -13,6 +13,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
+from ..interfaces.plausibility import Plausibility
 from ..interfaces.reports import Accuracy, MapReportlet, MaskReportlet, RunSummary
 from ..reports import REPORTLETS
 
@@ -20,7 +21,8 @@ __all__ = ["INPUT_FIELDS", "MAP_REPORTLETS", "init_report_wf"]
 
 INPUT_FIELDS: tuple[str, ...] = (
     "source_file", "magnitude", "mask", "total_field", "local_field", "chimap", "r2star", "swi", "minip", "meta",
-    "truth_chimap", "truth_mask", "truth_dseg", "truth_dseg_tsv",
+    "truth_chimap", "truth_mask", "truth_dseg", "truth_dseg_tsv", "roi_dseg", "roi_dseg_tsv", "roi_transforms",
+    "roi_invert",
 )
 
 #: map reportlet desc (also its style key in reportlets.MAP_STYLES) → (inputnode field, output that enables it)
@@ -48,7 +50,9 @@ def _sink(output_dir: str, desc: str, name: str | None = None) -> pe.Node:
 def init_report_wf(*, output_dir: str, outputs: tuple[str, ...], has_truth: bool, name: str = "report_wf") -> Workflow:
     """Reportlets of one run and their sinks.
 
-    Always: the run summary (from the stage metadata list ``meta``) and the mask outline (on the first-echo
+    Always: the run summary (from the stage metadata list ``meta``), the plausibility checks
+    (:mod:`qsmbids.interfaces.plausibility`; nuclei vs white matter needs ``roi_dseg``/``roi_dseg_tsv`` and, for
+    the white-matter prior, ``roi_transforms``/``roi_invert``) and the mask outline (on the first-echo
     ``magnitude``, or on the mask alone for phase-only runs: the mask is computed whatever ``outputs`` says).
     One map reportlet per map enabled in ``outputs`` ("fields" → total and local field, "chimap", "r2star",
     "swi", "minip"), with the fixed windows of :data:`qsmbids.reports.reportlets.MAP_STYLES`. With ``has_truth``:
@@ -61,7 +65,7 @@ def init_report_wf(*, output_dir: str, outputs: tuple[str, ...], has_truth: bool
     >>> wf = init_report_wf(output_dir="/tmp/out", outputs=("chimap", "mask"), has_truth=True)
     >>> sorted(n for n in wf.list_node_names() if n.startswith("ds_report_"))  # doctest: +NORMALIZE_WHITESPACE
     ['ds_report_accuracy', 'ds_report_accuracy_metrics', 'ds_report_accuracy_plot', 'ds_report_chimap',
-     'ds_report_mask', 'ds_report_summary']
+     'ds_report_mask', 'ds_report_plausibility', 'ds_report_plausibility_metrics', 'ds_report_summary']
     """
     from ..reports.reportlets import MAP_STYLES
 
@@ -79,6 +83,20 @@ def init_report_wf(*, output_dir: str, outputs: tuple[str, ...], has_truth: bool
         (inputnode, mask_rpt, [("magnitude", "in_file"), ("mask", "in_mask")]),
         (inputnode, ds_report_mask, [("source_file", "source_file")]),
         (mask_rpt, ds_report_mask, [("out_report", "in_file")]),
+    ])
+
+    # plausibility (brain volume, echo fit, nuclei vs white matter): real data have no truth
+    plausibility_rpt = pe.Node(Plausibility(), name="plausibility_rpt", mem_gb=1.0)
+    ds_report_plausibility = _sink(output_dir, "plausibility")
+    ds_report_plausibility_metrics = _sink(output_dir, "plausibility", "ds_report_plausibility_metrics")
+    wf.connect([
+        (inputnode, plausibility_rpt, [("chimap", "in_chimap"), ("mask", "in_mask"), ("meta", "meta"),
+                                       ("roi_dseg", "in_dseg"), ("roi_dseg_tsv", "in_tsv"),
+                                       ("roi_transforms", "transforms"), ("roi_invert", "invert")]),
+        (inputnode, ds_report_plausibility, [("source_file", "source_file")]),
+        (inputnode, ds_report_plausibility_metrics, [("source_file", "source_file")]),
+        (plausibility_rpt, ds_report_plausibility, [("out_report", "in_file")]),
+        (plausibility_rpt, ds_report_plausibility_metrics, [("out_metrics", "in_file")]),
     ])
 
     for desc, (field, enabled_by) in MAP_REPORTLETS.items():

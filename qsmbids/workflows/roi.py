@@ -81,7 +81,8 @@ def init_roi_wf(*, output_dir: str, bids_root: str, inversion: str, reference: s
 
     Inputs (``inputnode``): :data:`INPUT_FIELDS`: the run's raw ``source_files``, ``magnitude`` (4-D), brain
     ``mask``, ``support`` (where χ is defined) and the referenced ``chimap``.
-    Outputs (``outputnode``): ``dseg``, ``dseg_tsv``, ``stats``.
+    Outputs (``outputnode``): ``dseg``, ``dseg_tsv``, ``stats``; with the atlas also the template → run
+    ``transforms`` and ``invert`` flags (ANTs order).
 
     >>> wf = init_roi_wf(output_dir="/tmp/o", bids_root="/tmp/r", inversion="medi", reference="mean")
     >>> sorted(n for n in wf.list_node_names() if n.startswith("ds_"))  # doctest: +NORMALIZE_WHITESPACE
@@ -90,7 +91,8 @@ def init_roi_wf(*, output_dir: str, bids_root: str, inversion: str, reference: s
     """
     wf = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=list(INPUT_FIELDS)), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["dseg", "dseg_tsv", "stats"]), name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["dseg", "dseg_tsv", "stats", "transforms", "invert"]),
+                         name="outputnode")
 
     if segmentation is not None:
         dseg, tsv, anat = segmentation
@@ -120,6 +122,7 @@ def init_roi_wf(*, output_dir: str, bids_root: str, inversion: str, reference: s
             (inputnode, roi_register, [("magnitude", "in_file"), ("mask", "in_mask")]),
             (inputnode, roi_labels, [("magnitude", "reference")]),
             (roi_register, roi_labels, [("transforms", "transforms"), ("invert", "invert")]),
+            (roi_register, outputnode, [("transforms", "transforms"), ("invert", "invert")]),
             (inputnode, ds_roi_xfm_to, [("source_files", "source_file")]),
             (inputnode, ds_roi_xfm_from, [("source_files", "source_file")]),
             (roi_register, ds_roi_xfm_to, [("xfm_to_template", "in_file")]),

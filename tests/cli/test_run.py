@@ -104,6 +104,18 @@ def test_accuracy_against_truth(run_once):
     assert "nrmse" in json.dumps(report).lower()
 
 
+def test_plausibility_on_the_simulated_head(run_once):
+    """The report's real-data checks pass on a head whose truth is known to be plausible: brain-sized mask, clean
+    echo fit, pallidum above the ICBM deep white matter brought in through the ROI registration."""
+    d = json.loads((run_once["out"] / "sub-01" / "figures" / "sub-01_desc-plausibility_Chimap.json").read_text())
+    status = {c["name"]: c["status"] for c in d["checks"]}
+    assert status == {"brain_volume": "ok", "echo_fit": "ok", "nuclei_above_white_matter": "ok"}, d
+    assert d["regions"]["white_matter"]["n_voxels"] > 100
+    assert "ICBM" in d["regions"]["white_matter"]["source"]
+    html = (run_once["out"] / "sub-01.html").read_text()
+    assert "Plausibility checks" in html and "Deep grey nuclei" in html
+
+
 def test_boilerplate(run_once):
     text = (run_once["out"] / "logs" / "CITATION.md").read_text()
     for needle in ("MCPC-3D-S", "V-SHARP", "MEDI", "[@liu2011medi"):

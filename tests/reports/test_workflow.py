@@ -6,14 +6,16 @@ import pytest
 
 from qsmbids.workflows.reports import INPUT_FIELDS, init_report_wf
 
+PLAUS = ("plausibility", "plausibility_metrics")  # always: real data have no truth
+
 
 @pytest.mark.parametrize(
     ("outputs", "has_truth", "expected"),
     [
-        (("chimap", "mask"), False, {"summary", "mask", "chimap"}),
-        (("fields", "r2star", "t2star"), False, {"summary", "mask", "totalfield", "localfield", "r2star"}),
+        (("chimap", "mask"), False, {"summary", "mask", "chimap", *PLAUS}),
+        (("fields", "r2star", "t2star"), False, {"summary", "mask", "totalfield", "localfield", "r2star", *PLAUS}),
         (("swi", "minip", "chimap"), True,
-         {"summary", "mask", "swi", "minip", "chimap", "accuracy", "accuracy_plot", "accuracy_metrics"}),
+         {"summary", "mask", "swi", "minip", "chimap", "accuracy", "accuracy_plot", "accuracy_metrics", *PLAUS}),
     ],
 )
 def test_nodes_follow_options(outputs, has_truth, expected):
@@ -35,5 +37,6 @@ def test_sinks_wrote_bids_names(report_tree):
     prefix = "sub-01_ses-1_run-01_desc-"
     assert names == sorted(prefix + n for n in (
         "accuracy_Chimap.html", "accuracy_Chimap.json", "accuracy_Chimap.svg", "chimap_Chimap.svg",
-        "localfield_MEGRE.svg", "mask_MEGRE.svg", "minip_MEGRE.svg", "r2star_R2starmap.svg", "summary_MEGRE.html",
+        "localfield_MEGRE.svg", "mask_MEGRE.svg", "minip_MEGRE.svg", "plausibility_Chimap.html", "plausibility_Chimap.json",
+        "r2star_R2starmap.svg", "summary_MEGRE.html",
         "swi_MEGRE.svg", "totalfield_MEGRE.svg"))
