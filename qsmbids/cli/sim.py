@@ -219,7 +219,14 @@ def _crop_to_multiple(head, out_vs: float):
 
 
 def _truth_at(head, gre) -> dict:
-    """Ground-truth maps on the output grid (k-space resampling for χ, nearest for labels and mask)."""
+    """Ground-truth maps on the output grid (k-space resampling for χ, nearest for labels and mask).
+
+    χ inside and outside the brain are resampled separately: cropping k-space of the whole head's χ rings
+    (Gibbs) from air and bone (χ up to 9.4 ppm) into the brain by up to ~1 ppm, which made the truth at any
+    output voxel size other than the head's differ from the brain's χ by > 100 % (demeaned NRMSE at 1.5 mm) and
+    from the simulated local field. The brain part, k-space resampled from χ·mask, is exactly the χ whose
+    field is the (k-space resampled) true local field.
+    """
     from scipy.ndimage import zoom
 
     from ..sim.forward import resample_kspace
@@ -227,12 +234,16 @@ def _truth_at(head, gre) -> dict:
     shape = gre.magnitude.shape[1:]
     if tuple(head.chi.shape) == tuple(shape):
         return {"chi": head.chi, "labels": head.labels, "mask": head.brain_mask}
-    chi, _ = resample_kspace(head.chi, head.voxel_size, gre.voxel_size)
+    crop = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+    brain = np.asarray(head.brain_mask, dtype=bool)
+    inside = np.asarray(resample_kspace(np.where(brain, head.chi, 0).astype(np.float32), head.voxel_size,
+                                        gre.voxel_size)[0], dtype=np.float32)[crop]
+    outside = np.asarray(resample_kspace(np.where(brain, 0, head.chi).astype(np.float32), head.voxel_size,
+                                         gre.voxel_size)[0], dtype=np.float32)[crop]
     factors = [n / m for n, m in zip(shape, head.labels.shape)]
-    labels = zoom(head.labels, factors, order=0)[: shape[0], : shape[1], : shape[2]]
-    mask = zoom(head.brain_mask.astype(np.uint8), factors, order=0)[: shape[0], : shape[1], : shape[2]] > 0
-    return {"chi": np.asarray(chi, dtype=np.float32)[: shape[0], : shape[1], : shape[2]], "labels": labels,
-            "mask": mask}
+    labels = zoom(head.labels, factors, order=0)[crop]
+    mask = zoom(brain.astype(np.uint8), factors, order=0)[crop] > 0
+    return {"chi": np.where(mask, inside, outside).astype(np.float32), "labels": labels, "mask": mask}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
