@@ -73,15 +73,9 @@ def _warp_prior(prior: nb.Nifti1Image, reference: str, transforms: list[str], in
                 cwd: Path) -> np.ndarray:
     """``prior`` brought onto ``reference``'s grid (linear interpolation, > 0.5) through the template → run
     transforms of the ROI step."""
-    from .roi import _ants, _first_volume, _to_ants
+    from .roi import _ants, _warp_image
 
-    ants = _ants()
-    ref, ref_img = _first_volume(reference)
-    fixed = _to_ants(ants, ref, ref_img.affine, str(cwd / "plaus_reference.nii.gz"))
-    moving = _to_ants(ants, np.asanyarray(prior.dataobj), prior.affine, str(cwd / "plaus_prior.nii.gz"))
-    warped = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=list(transforms),
-                                   whichtoinvert=list(invert), interpolator="linear")
-    return warped.numpy() > 0.5
+    return _warp_image(_ants(), prior, reference, transforms, invert, cwd, interpolator="linear", stem="prior") > 0.5
 
 
 def _region(chi: np.ndarray, sel: np.ndarray) -> dict[str, Any] | None:
@@ -239,6 +233,7 @@ class Plausibility(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..group.tables import read_dseg_tsv
+        from .reports import read_stage_metas
 
         i = self.inputs
         cwd = Path(runtime.cwd)
@@ -246,9 +241,7 @@ class Plausibility(SimpleInterface):
         chi = np.asanyarray(chi_img.dataobj).astype(np.float64)
         support = (np.asanyarray(nb.load(i.in_mask).dataobj) > 0) & (chi != 0)
         volume = poor = None
-        for f in (i.meta if isdefined(i.meta) else []):
-            with open(f, encoding="utf-8") as fh:
-                m = json.load(fh)
+        for m in read_stage_metas(i.meta if isdefined(i.meta) else []):
             info = m.get("info") or {}
             if m.get("stage") == "mask":
                 volume = info.get("volume_ml")

@@ -36,6 +36,7 @@ __all__ = [
     "MaskReportlet",
     "RunSummary",
     "accuracy_metrics",
+    "read_stage_metas",
     "summary_html",
 ]
 
@@ -217,6 +218,15 @@ def summary_html(metas: list[dict[str, Any]]) -> str:
     return _SUMMARY.render(run_rows=rows, stages=stages, total_runtime=f"{total:.2f}" if stages else "")
 
 
+def read_stage_metas(files) -> list[dict[str, Any]]:
+    """The per-stage metadata JSON files (``stage``, ``method``, ``params``, ``info``, …), in the given order."""
+    metas = []
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            metas.append(json.load(fh))
+    return metas
+
+
 class _RunSummaryInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="per-stage metadata JSON files, stage order")
     out_name = traits.Str("summary.html", usedefault=True, desc="file name in the node directory")
@@ -233,10 +243,7 @@ class RunSummary(SimpleInterface):
     output_spec = _RunSummaryOutputSpec
 
     def _run_interface(self, runtime):
-        metas = []
-        for f in self.inputs.in_files:
-            with open(f, encoding="utf-8") as fh:
-                metas.append(json.load(fh))
+        metas = read_stage_metas(self.inputs.in_files)
         out = os.path.join(runtime.cwd, self.inputs.out_name)
         with open(out, "w", encoding="utf-8") as fh:
             fh.write(summary_html(metas))

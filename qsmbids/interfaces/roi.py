@@ -389,17 +389,24 @@ def _write_labels_tsv(names: dict[int, str], path: Path) -> str:
     return str(path)
 
 
-def _warp_labels(ants, labels_img: nb.Nifti1Image, reference: str, transforms, invert, cwd: Path) -> np.ndarray:
-    """Labels resampled nearest-neighbour onto the first volume's grid of ``reference``."""
+def _warp_image(ants, img: nb.Nifti1Image, reference: str, transforms, invert, cwd: Path, *,
+                interpolator: str = "nearestNeighbor", stem: str = "labels") -> np.ndarray:
+    """``img`` resampled onto the first volume's grid of ``reference`` through ``transforms`` (ANTs order; none:
+    by world coordinates) with ANTs' ``interpolator``; ``stem`` names the temporary files in ``cwd``."""
     ref, ref_img = _first_volume(reference)
     fixed = _to_ants(ants, ref, ref_img.affine, str(cwd / "reference.nii.gz"))
-    moving = _to_ants(ants, np.asanyarray(labels_img.dataobj), labels_img.affine, str(cwd / "labels_in.nii.gz"))
+    moving = _to_ants(ants, np.asanyarray(img.dataobj), img.affine, str(cwd / f"{stem}_in.nii.gz"))
     if transforms:
         warped = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=list(transforms),
-                                       whichtoinvert=list(invert), interpolator="nearestNeighbor")
+                                       whichtoinvert=list(invert), interpolator=interpolator)
     else:  # same world space: resampling only
-        warped = ants.resample_image_to_target(moving, fixed, interp_type="nearestNeighbor")
-    return np.rint(warped.numpy()).astype(np.int16)
+        warped = ants.resample_image_to_target(moving, fixed, interp_type=interpolator)
+    return warped.numpy()
+
+
+def _warp_labels(ants, labels_img: nb.Nifti1Image, reference: str, transforms, invert, cwd: Path) -> np.ndarray:
+    """Labels resampled nearest-neighbour onto the first volume's grid of ``reference``."""
+    return np.rint(_warp_image(ants, labels_img, reference, transforms, invert, cwd)).astype(np.int16)
 
 
 class _ApplyAtlasInputSpec(BaseInterfaceInputSpec):
