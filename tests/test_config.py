@@ -67,7 +67,7 @@ def test_defaults_are_the_contract():
     assert C.OUTPUTS == ("chimap", "mask", "fields", "r2star", "t2star", "swi", "minip")
     p = ProcessingSettings()
     assert (p.mask, p.unwrap, p.combine, p.bgremove, p.inversion, p.reference) == (
-        "deepbet", "quality", "snr", "vsharp", "medi", "mean")
+        "deepbet", "quality", "snr", "resharp", "medi", "mean")
     assert p.outputs == C.OUTPUTS and p.params == {} and p.b0_direction == "auto"
     assert p.echo_times is None and p.field_strength is None
     assert {k: getattr(p, k) for k in C.DEFAULTS} == dict(C.DEFAULTS)

@@ -348,7 +348,7 @@ def resharp(
     *,
     radius: float = 6.0,
     alpha: float = 1e-4,
-    tol: float = 1e-6,
+    tol: float = 1e-4,
     max_iter: int = 200,
     return_info: bool = False,
 ):
@@ -360,7 +360,9 @@ def resharp(
 
     ``field`` total field (ppm) ``(..., X, Y, Z)``; ``mask`` ``(X, Y, Z)``; ``voxel_size`` in mm.
     Defaults: ``radius = 6`` mm and ``alpha = 1e-4`` (QSM.rs / QSMxT v9, see the project notes);
-    ``tol = 1e-6`` (relative CG residual of the normal equations) and ``max_iter = 200`` are our choice.
+    ``tol = 1e-4`` (relative CG residual of the normal equations) and ``max_iter = 200`` are our choice: on realistic
+    simulated heads (1–3 mm, two simulators) 1e-4 takes ~125 iterations and changes χ (MEDI) by ≤ 0.4 % NRMSE against
+    1e-6, which does not converge within 200 iterations in float32 (3e-4: +1.5 %, 1e-3: +4 %).
     Returns :class:`BackgroundResult` (local field, eroded mask); ``return_info=True`` adds a
     :class:`SolverInfo` (iterations, final relative residual, ``fft_pairs``).
     """

@@ -36,7 +36,7 @@ __all__ = ["RunData", "load_bids_run", "run_pipeline", "score_run", "background_
 #: Deep grey labels of :mod:`qsmbids.sim.phantom` (caudate … dentate, left and right).
 DGM_LABELS: tuple[int, ...] = tuple(range(4, 18))
 #: Stage defaults of the App (a copy of qsmbids.config.DEFAULTS' method names; the benchmark passes the real ones).
-APP_DEFAULTS: dict[str, str] = {"mask": "combined", "unwrap": "quality", "combine": "snr", "bgremove": "vsharp",
+APP_DEFAULTS: dict[str, str] = {"mask": "combined", "unwrap": "quality", "combine": "snr", "bgremove": "resharp",
                                 "inversion": "medi", "reference": "mean"}
 
 
@@ -145,7 +145,7 @@ def total_field_ppm(data: RunData, mask: np.ndarray, *, unwrap: str = "quality",
     return field, {"noise_hz": _np(fit2.noise)}
 
 
-def local_field(field_ppm: np.ndarray, mask: np.ndarray, data: RunData, method: str = "vsharp",
+def local_field(field_ppm: np.ndarray, mask: np.ndarray, data: RunData, method: str = "resharp",
                 **params: Any) -> tuple[np.ndarray, np.ndarray, float]:
     """The BackgroundRemoval stage on the mask's box: (local field ppm, its mask, seconds)."""
     from ..qsm.background import remove_background
@@ -244,7 +244,7 @@ def chi_scores(chi: np.ndarray, data: RunData, mask: np.ndarray, prefix: str) ->
             f"{prefix}_dgm_slope": dgm_slope(chi, data.chi, data.labels, m)}
 
 
-def score_run(data: RunData, result: Mapping[str, Any], *, bgremove: str = "vsharp",
+def score_run(data: RunData, result: Mapping[str, Any], *, bgremove: str = "resharp",
               bg_params: Mapping[str, Any] | None = None, inversion: str = "medi",
               inv_params: Mapping[str, Any] | None = None, ideal: bool = True) -> dict[str, float]:
     """Per-stage errors of one :func:`run_pipeline` result (see the module docstring for the definitions)."""

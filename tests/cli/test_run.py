@@ -17,8 +17,8 @@ from qsmbids.qsm import metrics
 
 MANIFEST = Path(__file__).resolve().parents[1] / "data" / "participant_manifest.txt"
 #: demeaned NRMSE (%) of the default Chimap vs the simulator's truth inside both masks, at 3 mm (test preset).
-#: Measured 62.5 % (MEDI, 3 mm voxels, 3 echoes); the bound leaves room for platform differences only.
-NRMSE_BOUND = 70.0
+#: Measured 48.0 % (deepbet, RESHARP, MEDI; 3 mm voxels, 3 echoes; V-SHARP gave 53.5 %); room for platforms only.
+NRMSE_BOUND = 60.0
 
 
 def _qsmbids(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -118,7 +118,7 @@ def test_plausibility_on_the_simulated_head(run_once):
 
 def test_boilerplate(run_once):
     text = (run_once["out"] / "logs" / "CITATION.md").read_text()
-    for needle in ("MCPC-3D-S", "V-SHARP", "MEDI", "[@liu2011medi"):
+    for needle in ("MCPC-3D-S", "RESHARP", "MEDI", "[@liu2011medi"):
         assert needle in text
     bib = (run_once["out"] / "logs" / "CITATION.bib").read_text()
     assert "@article{liu2011medi" in bib

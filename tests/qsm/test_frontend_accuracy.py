@@ -44,11 +44,12 @@ def _total_field_err(data, **unwrap_params) -> float:
     return _demeaned_nrmse(a, b, ma & mb)
 
 
-# measured (seed 3 / 3000 heads): ours 173 %, qsm-forward 64 %. Our 3 mm test head is simulated on the 3 mm grid
-# itself, without intravoxel dephasing: near the sinuses the first-echo phase steps by more than π between
-# neighbours with full magnitude (aliased; no unwrapper can follow), and ~30 rim voxels carry 2π errors that
-# V-SHARP's spheres spread into the brain. qsm-forward's head (k-space cropped) has no such voxels.
-@pytest.mark.parametrize("name, bound", [("ours", 200.0), ("qsmforward", 72.0)])
+# measured (seed 3 / 3000 heads, the default RESHARP on both sides): ours 83 %, qsm-forward 35 % (V-SHARP: 76 / 34 %).
+# Our 3 mm test head is simulated on the 3 mm grid itself, without intravoxel dephasing: near the sinuses the
+# first-echo phase steps by more than π between neighbours with full magnitude (aliased; no unwrapper can follow),
+# and a few rim voxels carry 2π errors that the SMV kernels spread into the brain. qsm-forward's head (k-space
+# cropped) has no such voxels.
+@pytest.mark.parametrize("name, bound", [("ours", 120.0), ("qsmforward", 50.0)])
 def test_total_field_error_bound(request, name, bound):
     data = request.getfixturevalue(name)
     assert _total_field_err(data) < bound
@@ -84,9 +85,10 @@ def test_chain_with_true_mask(request, name):
     """Default chain with the true mask: χ end to end within reach of the inversion of the true local field."""
     data = request.getfixturevalue(name)
     s = score_run(data, run_pipeline(data, mask="true"))
-    # measured: ours 164 / 75.3 % / 0.51 / 0.83 (true local field: 29.5 %); qsm-forward 88 / 73.9 % / 0.48 / 0.82
-    assert s["local_field_err"] < 190.0
-    assert s["e2e_nrmse"] < 85.0
-    assert s["e2e_xsim"] > 0.4
-    assert abs(1 - s["e2e_dgm_slope"]) < 0.3
+    # measured (RESHARP): ours 93 / 59.9 % / 0.60 / 0.87 (true local field: 27.7 %); qsm-forward 59 / 54.4 % /
+    # 0.61 / 0.87 (27.3 %). V-SHARP: 68.4 and 60.5 %.
+    assert s["local_field_err"] < 130.0
+    assert s["e2e_nrmse"] < 70.0
+    assert s["e2e_xsim"] > 0.5
+    assert abs(1 - s["e2e_dgm_slope"]) < 0.25
     assert s["e2e_nrmse"] < 3.0 * s["ideal_nrmse"]
