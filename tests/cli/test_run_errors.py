@@ -443,12 +443,13 @@ def test_unreadable_input_as_an_unprivileged_user(dataset, tmp_path):
     root = Path(tempfile.mkdtemp(prefix="qsmbids-perm-"))  # pytest's own folders are private to root
     root.chmod(0o755)
     dataset = Path(shutil.copytree(dataset, root / "ds"))
-    out = root / "out"
-    out.mkdir()
-    out.chmod(0o777)
+    out, scratch = root / "out", root / "scratch"  # the work folder may not lie inside the output folder
+    for folder in (out, scratch):
+        folder.mkdir()
+        folder.chmod(0o777)
     cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "qsmbids.cli.run",
-           str(root / "ds"), str(out), "participant", "-w", str(out / "work"), "--skip-bids-validation"]
-    env = {**os.environ, "HOME": str(out), "MPLCONFIGDIR": str(out / "mpl")}
+           str(root / "ds"), str(out), "participant", "-w", str(scratch / "work"), "--skip-bids-validation"]
+    env = {**os.environ, "HOME": str(scratch), "MPLCONFIGDIR": str(scratch / "mpl")}
     try:
         _check_unreadable(cmd, env, dataset, out)
     finally:
