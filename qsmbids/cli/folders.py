@@ -52,6 +52,26 @@ def _is_ours(folder: Path) -> bool:
     return _generator(folder)[0] == PIPELINE
 
 
+def _has_description(folder: Path) -> bool:
+    try:
+        return (folder / DESCRIPTION).is_file()
+    except OSError:  # a folder this user may not enter: nothing can be written below it either (73 later)
+        return False
+
+
+def _foreign_files(folder: Path) -> bool:
+    """Whether ``folder`` holds files but neither a description nor the settings a qsmbids run writes first."""
+    try:
+        return folder.is_dir() and any(folder.iterdir()) and not any(next(folder.glob(m), None) for m in _OUR_MARKERS)
+    except OSError:
+        return False
+
+
+def _new_folder(parent: Path, taken: Path) -> Path:
+    """A folder name to suggest in ``parent``: ``qsmbids``, unless that is the refused folder itself."""
+    return parent / (PIPELINE if (parent / PIPELINE).resolve() != taken else f"{PIPELINE}-new")
+
+
 def _nested(inner: Path, outer: Path) -> bool:
     return inner == outer or inner.is_relative_to(outer)
 
@@ -65,21 +85,20 @@ def check_folders(bids_dir, output_dir, work_dir=None) -> None:
     if _nested(out, bids) and out.parent != bids / "derivatives":
         raise Refusal(EX_USAGE, f"{output_dir}: the output folder lies inside the input dataset; use "
                                 f"{Path(bids_dir) / 'derivatives' / PIPELINE} or a folder outside it")
-    if (out / DESCRIPTION).is_file() and not _is_ours(out):
+    if _has_description(out) and not _is_ours(out):
         what = _generator(out)[1]
         raise Refusal(EX_USAGE, f"{output_dir}: the output folder holds {what}; qsmbids does not write into it "
-                                f"(use a new folder, e.g. {Path(output_dir).parent / PIPELINE})")
+                                f"(use a new folder, e.g. {_new_folder(Path(output_dir).parent, out)})")
     for folder in out.parents:  # the nearest dataset around the output folder
-        if not (folder / DESCRIPTION).is_file():
+        if not _has_description(folder):
             continue
         if out.parent != folder / "derivatives":
             raise Refusal(EX_USAGE, f"{output_dir}: the output folder lies inside {_generator(folder)[1]} "
                                     f"({folder}); use {folder / 'derivatives' / PIPELINE} or a folder outside it")
-        if out.is_dir() and not (out / DESCRIPTION).is_file() and any(out.iterdir()) \
-                and not any(next(out.glob(m), None) for m in _OUR_MARKERS):
+        if not _has_description(out) and _foreign_files(out):
             raise Refusal(EX_USAGE, f"{output_dir}: the output folder holds files of another tool (and no {DESCRIPTION}"
                                     f" of {PIPELINE}); qsmbids does not write into it (use a new folder, e.g. "
-                                    f"{folder / 'derivatives' / PIPELINE})")
+                                    f"{_new_folder(Path(output_dir).parent, out)})")
         break
 
 
