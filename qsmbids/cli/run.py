@@ -49,8 +49,6 @@ _NEEDS_MAGNITUDE = {"mask": {"deepbet", "combined", "magnitude"}, "inversion": {
 STAGES = RUN_STAGES
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qsmbids`` command; returns (and exits with) the exit code."""
     code = _main(argv)
