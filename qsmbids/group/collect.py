@@ -1,7 +1,9 @@
 """Every run's ROI statistics gathered into one tidy table: one row per participant × session × run × region.
 
 The per-run tables (``sub-*/[ses-*/]anat/*_stats.tsv``, written by the participant level) are read with their
-sidecars (atlas, χ method); each row gets the run's entities and the participant's ``participants.tsv`` columns.
+sidecars (atlas, χ method); each row gets the run's entities and the participant's ``participants.tsv`` columns
+(renamed ``participants_<name>`` where a column is named like one of the ROI table, so that phenotype and statistics
+never overwrite each other).
 Nothing is dropped silently: a run of the raw dataset without statistics is listed as *missing* with the likely
 reason, a statistics file that cannot be read is *skipped* with a warning naming it.
 """
@@ -44,7 +46,8 @@ _KEY_DOC = {
 class GroupData:
     """What the group level found. ``rows``: tidy records (see :data:`KEY_COLUMNS` + statistics + participant
     columns); ``missing``: runs without statistics (participant, run, reason); ``skipped``: unreadable statistics
-    files (file, reason); ``participant_columns``: the columns joined from ``participants.tsv``."""
+    files (file, reason); ``participant_columns``: the columns joined from ``participants.tsv`` (as named in the
+    table: see :data:`PARTICIPANT_PREFIX`)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
