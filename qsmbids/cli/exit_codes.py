@@ -9,3 +9,11 @@ EX_DATAERR = 65  # bad input data
 EX_NOINPUT = 66  # input missing
 EX_SOFTWARE = 70  # internal error
 EX_CANTCREAT = 73  # cannot create output
+
+
+class Refusal(Exception):
+    """A run refused before (or instead of) processing: ``code`` is the exit code, the message its one line."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code

@@ -275,6 +275,9 @@ def _load_plugin(path: Path) -> dict:
     args = plugin.setdefault("plugin_args", {})
     if not isinstance(args, dict):
         raise SettingsError(f"--use-plugin {path}: 'plugin_args' must be a mapping")
+    from .options import check_plugin
+
+    check_plugin(plugin, f"--use-plugin {path}")
     return plugin
 
 

@@ -30,6 +30,8 @@ from .exit_codes import (
     EX_UNKNOWN_LEVEL,
     EX_USAGE,
 )
+from .exit_codes import Refusal as _Refusal
+from .folders import check_folders
 from .recovery import (
     WRITE_ERRNOS,
     missing_inputs,
@@ -45,12 +47,6 @@ LOG = logging.getLogger("qsmbids")
 _NEEDS_MAGNITUDE = {"mask": {"deepbet", "combined", "magnitude"}, "inversion": {"medi"}, "reference": {"csf"}}
 #: the per-run stage nodes (progress lines, resource monitoring), in order
 STAGES = RUN_STAGES
-
-
-class _Refusal(Exception):
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,12 +176,7 @@ def _preflight(settings):
     bids_dir, out = Path(ex.bids_dir), Path(ex.output_dir)
     try:
         check_bids_root(bids_dir)
-        inside = out.resolve().is_relative_to(bids_dir.resolve())
-        if inside and not out.resolve().is_relative_to((bids_dir / "derivatives").resolve()):
-            raise _Refusal(EX_USAGE, f"{out}: the output folder lies inside the input dataset; use "
-                                     f"{bids_dir / 'derivatives' / 'qsmbids'} or a folder outside it")
-        if Path(ex.work_dir).resolve().is_relative_to(bids_dir.resolve()):
-            raise _Refusal(EX_USAGE, f"{ex.work_dir}: the work folder lies inside the input dataset")
+        check_folders(bids_dir, out, ex.work_dir)  # never into foreign data; work and output kept apart
         for folder in ex.derivatives:
             if not Path(folder).is_dir():
                 raise _Refusal(EX_NOINPUT, f"{folder}: --derivatives folder does not exist")
@@ -205,69 +196,15 @@ def _preflight(settings):
     return runs
 
 
-def _param_targets(pr) -> dict[str, list]:
-    """Stage/method key of ``--param`` → the qsmbids.qsm functions that receive it (for the chosen methods)."""
-    from ..config import DEEP_MODELS
-    from ..qsm import background, echoes, mask, reference, relax, swi
-    from ..qsm.inversion import get_method
-
-    if pr.inversion in DEEP_MODELS:
-        from ..deep.infer import infer as inversion_fn
-    else:
-        inversion_fn = get_method(pr.inversion)
-    stages = {
-        "mask": (pr.mask, _mask_functions(pr.mask)),
-        "unwrap": (pr.unwrap, [echoes.combine_echoes]),
-        "combine": (pr.combine, [echoes.fit_field]),
-        "bgremove": (pr.bgremove, [getattr(background, pr.bgremove)]),
-        "inversion": (pr.inversion, [inversion_fn]),
-        "reference": (pr.reference, [reference.reference]),
-        "relax": ("loglinear", [relax.r2star_loglinear]),
-        "swi": (None, [swi.swi, swi.minip]),
-    }
-    targets: dict[str, list] = {}
-    for stage, (method, fns) in stages.items():
-        targets.setdefault(stage, []).extend(fns)
-        if method:
-            targets.setdefault(method, []).extend(fns)
-    return targets
-
-
-def _mask_functions(method: str) -> list:
-    """The functions the mask stage calls for ``method`` (their keywords are what ``--param mask.*`` accepts)."""
-    from ..qsm import mask
-
-    if method == "deepbet":
-        from ..deep.brain import deepbet_mask
-
-        return [deepbet_mask, mask.refine_mask]
-    return [mask.brain_mask]
-
-
 def _check_params(pr) -> None:
-    """Every ``--param KEY.NAME`` must name a keyword of a function the run will call (else exit 64)."""
-    import inspect
+    """``--param`` names and values against the functions that receive them (:mod:`.options`), else exit 64."""
+    from ..config import SettingsError
+    from .options import check_param_values
 
-    if not pr.params:
-        return
-    targets = _param_targets(pr)
-    internal = {"magnitude", "return_info", "unwrapper", "weighting", "method", "voxel_size", "mask", "b0_dir",
-                "threads", "weights_dir", "device", "affine"}
-    for key, values in dict(pr.params).items():
-        if key not in targets:
-            LOG.warning("--param %s.*: %s is not used by the chosen methods; ignored", key, key)
-            continue
-        for name in values:
-            accepted = set()
-            for fn in targets[key]:
-                sig = inspect.signature(fn)
-                accepted |= {n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY}
-            if key == "swi":
-                accepted.add("slab_mm")
-            accepted -= internal
-            if name not in accepted:
-                raise _Refusal(EX_USAGE, f"--param {key}.{name}: not a parameter of {key} (accepted: "
-                                         f"{', '.join(sorted(accepted)) or 'none'})")
+    try:
+        check_param_values(pr, warn=LOG.warning)
+    except SettingsError as err:
+        raise _Refusal(EX_USAGE, str(err)) from None
 
 
 def _check_weights(inversion: str) -> None:

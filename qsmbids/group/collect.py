@@ -1,7 +1,9 @@
 """Every run's ROI statistics gathered into one tidy table: one row per participant × session × run × region.
 
 The per-run tables (``sub-*/[ses-*/]anat/*_stats.tsv``, written by the participant level) are read with their
-sidecars (atlas, χ method); each row gets the run's entities and the participant's ``participants.tsv`` columns.
+sidecars (atlas, χ method); each row gets the run's entities and the participant's ``participants.tsv`` columns
+(renamed ``participants_<name>`` where a column is named like one of the ROI table, so that phenotype and statistics
+never overwrite each other).
 Nothing is dropped silently: a run of the raw dataset without statistics is listed as *missing* with the likely
 reason, a statistics file that cannot be read is *skipped* with a warning naming it.
 """
@@ -20,7 +22,8 @@ from typing import Any
 from ..config import DEFAULT_INVERSION
 from .tables import COLUMN_DOC, STAT_COLUMNS, read_stats_tsv
 
-__all__ = ["KEY_COLUMNS", "GroupData", "collect_group", "expected_runs", "write_summary"]
+__all__ = ["KEY_COLUMNS", "PARTICIPANT_PREFIX", "GroupData", "GroupDataError", "collect_group", "expected_runs",
+           "write_summary"]
 
 LOG = logging.getLogger("qsmbids")
 #: Columns that identify a row, in order (``rec`` only matters for datasets with several reconstructions).
@@ -43,7 +46,8 @@ _KEY_DOC = {
 class GroupData:
     """What the group level found. ``rows``: tidy records (see :data:`KEY_COLUMNS` + statistics + participant
     columns); ``missing``: runs without statistics (participant, run, reason); ``skipped``: unreadable statistics
-    files (file, reason); ``participant_columns``: the columns joined from ``participants.tsv``."""
+    files (file, reason); ``participant_columns``: the columns joined from ``participants.tsv`` (as named in the
+    table: see :data:`PARTICIPANT_PREFIX`)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -80,8 +84,21 @@ def expected_runs(bids_dir: str | os.PathLike | None, subjects: set[str] | None 
     return out
 
 
+class GroupDataError(ValueError):
+    """Input of the group level that cannot be used as it is (exit 65); the message is one line naming the file."""
+
+
+#: prefix of a ``participants.tsv`` column whose name is also a column of the ROI table (``mean``, ``label``, ...)
+PARTICIPANT_PREFIX = "participants_"
+
+
 def _participants(bids_dir: str | os.PathLike | None) -> tuple[dict[str, dict[str, Any]], list[str], dict]:
-    """``participants.tsv`` rows by label (values as numbers where they parse), its columns and its JSON."""
+    """``participants.tsv`` rows by label (values as numbers where they parse), its columns and its JSON.
+
+    Phenotype columns are kept apart from the statistics: a column named like one of the ROI table (``mean``,
+    ``label``, ``session``) is renamed with :data:`PARTICIPANT_PREFIX` (with a warning). A participant listed twice
+    or a column name given twice raises :class:`GroupDataError`: which row or column is meant cannot be guessed.
+    """
     if not bids_dir:
         return {}, [], {}
     tsv = Path(bids_dir) / "participants.tsv"
@@ -90,17 +107,27 @@ def _participants(bids_dir: str | os.PathLike | None) -> tuple[dict[str, dict[st
     import pandas as pd
 
     try:
+        header = tsv.read_text(encoding="utf-8").split("\n", 1)[0].rstrip("\r").split("\t")
         df = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         LOG.warning("qsmbids group: %s unreadable (%s); participant columns left out", tsv, exc)
         return {}, [], {}
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise GroupDataError(f"{tsv}: column {twice[0]!r} appears more than once; rename or remove one")
     if "participant_id" not in df.columns:
         LOG.warning("qsmbids group: %s has no participant_id column; participant columns left out", tsv)
         return {}, [], {}
-    cols = [c for c in df.columns if c != "participant_id" and c not in KEY_COLUMNS]
+    names = _participant_column_names(tsv, [c for c in df.columns if c != "participant_id"])
     out: dict[str, dict[str, Any]] = {}
-    for _, r in df.iterrows():
-        out[str(r["participant_id"]).removeprefix("sub-")] = {c: _value(r[c]) for c in cols}
+    first_row: dict[str, int] = {}
+    for i, r in df.iterrows():
+        label = str(r["participant_id"]).strip().removeprefix("sub-")
+        if label in out:  # rows are numbered as in the file (the header is line 1)
+            raise GroupDataError(f"{tsv}: participant sub-{label} is listed twice (lines {first_row[label]} and "
+                                 f"{int(i) + 2}); keep one row per participant")
+        first_row[label] = int(i) + 2
+        out[label] = {new: _value(r[old]) for old, new in names.items()}
     meta = {}
     js = tsv.with_suffix(".json")
     if js.is_file():
@@ -108,7 +135,25 @@ def _participants(bids_dir: str | os.PathLike | None) -> tuple[dict[str, dict[st
             meta = json.loads(js.read_text())
         except (OSError, ValueError):
             meta = {}
-    return out, cols, meta if isinstance(meta, dict) else {}
+    meta = {names.get(k, k): v for k, v in meta.items()} if isinstance(meta, dict) else {}
+    return out, list(names.values()), meta
+
+
+def _participant_column_names(tsv: Path, columns: list[str]) -> dict[str, str]:
+    """``participants.tsv`` column → its name in the group table (prefixed where it is a column of the ROI table)."""
+    taken = {*KEY_COLUMNS, "label", *_STAT_VALUES[1:]}
+    names: dict[str, str] = {}
+    for c in columns:
+        if c not in taken:
+            names[c] = c
+            continue
+        new = PARTICIPANT_PREFIX + c
+        if new in taken or new in columns:
+            raise GroupDataError(f"{tsv}: column {c!r} is also a column of the ROI table and {new!r} is taken too; "
+                                 "rename it")
+        LOG.warning("qsmbids group: %s: column %r is also a column of the ROI table; written as %r", tsv, c, new)
+        names[c] = new
+    return names
 
 
 def _value(text: str) -> Any:
@@ -142,12 +187,7 @@ def collect_group(output_dir: str | os.PathLike, bids_dir: str | os.PathLike | N
             LOG.warning("qsmbids group: skipping %s: %s", f, str(exc).removeprefix(f"{f}: "))
             data.skipped.append({"file": f.relative_to(out).as_posix(), "reason": str(exc).removeprefix(f"{f}: ")})
             continue
-        side = {}
-        try:
-            side = json.loads(f.with_suffix(".json").read_text()) if f.with_suffix(".json").is_file() else {}
-        except (OSError, ValueError):
-            LOG.warning("qsmbids group: %s: unreadable sidecar; atlas and method taken from the file name",
-                        f.with_suffix(".json"))
+        side = _stats_sidecar(f.with_suffix(".json"))
         method = side.get("Method") or ents.get("desc") or DEFAULT_INVERSION
         atlas = side.get("Atlas") or ents.get("seg") or "n/a"
         run_info = {"participant": sub, "session": ents.get("ses", "n/a"), "acq": ents.get("acq", "n/a"),
@@ -163,6 +203,27 @@ def collect_group(output_dir: str | os.PathLike, bids_dir: str | os.PathLike | N
         data.missing.append({"participant": sub, "run": key, "reason": _why_missing(out, sub, key)})
         LOG.warning("qsmbids group: %s has no ROI statistics (%s); left out", key, data.missing[-1]["reason"])
     return data
+
+
+def _stats_sidecar(path: Path) -> dict[str, str]:
+    """``Method`` and ``Atlas`` of a statistics sidecar; an unreadable or invalid one (not a JSON object, e.g.
+    ``null``, or values that are not text) is skipped with a warning naming it (the file name decides then)."""
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        problem = f"unreadable ({type(exc).__name__})"
+    else:
+        if not isinstance(doc, dict):
+            problem = f"not a JSON object ({type(doc).__name__ if doc is not None else 'null'})"
+        else:
+            bad = [k for k in ("Method", "Atlas") if k in doc and not (isinstance(doc[k], str) and doc[k].strip())]
+            if not bad:
+                return {k: doc[k].strip() for k in ("Method", "Atlas") if k in doc}
+            problem = f"{bad[0]} is not a name ({doc[bad[0]]!r})"
+    LOG.warning("qsmbids group: %s: sidecar skipped, %s; atlas and method taken from the file name", path, problem)
+    return {}
 
 
 def _why_missing(out: Path, sub: str, key: str) -> str:

@@ -206,13 +206,30 @@ def test_plugin_file_and_performance(tmp_path, monkeypatch):
     ("plugin_args:\n  n_procs: 2\n", "expected a mapping with a 'plugin' name"),
     ("plugin: MultiProc\nplugin_args: 3\n", "'plugin_args' must be a mapping"),
     ("plugin: [unclosed\n", "not a readable YAML file"),
+    # checked against nipype before anything runs (#14): a typo, and arguments nipype would choke on or misuse
+    ("plugin: MultiProcc\n", "'MultiProcc' is not a nipype plugin (did you mean MultiProc?"),
+    ("plugin: multiproc\n", "'multiproc' is not a nipype plugin (did you mean MultiProc?"),
+    ("plugin: MultiProc\nplugin_args:\n  memory_gb: -3\n", "plugin_args memory_gb: expected a positive number"),
+    ("plugin: MultiProc\nplugin_args:\n  n_procs: 0\n", "plugin_args n_procs: expected a whole number >= 1, got 0"),
+    ("plugin: MultiProc\nplugin_args:\n  n_procs: four\n", "n_procs: expected a whole number >= 1, got 'four'"),
+    ("plugin: LegacyMultiProc\nplugin_args:\n  maxtasksperchild: 0\n", "maxtasksperchild: expected a whole number"),
+    ("plugin: SLURM\nplugin_args:\n  max_jobs: -1\n", "max_jobs: expected a whole number >= 1"),
+    ("plugin: MultiProc\nplugin_args:\n  mp_context: thread\n", "mp_context: expected fork, spawn or forkserver"),
 ])
 def test_bad_plugin_files(tmp_path, text, match):
     plugin = tmp_path / "plugin.yml"
     plugin.write_text(text)
-    with pytest.raises(SettingsError, match=match) as exc:
+    with pytest.raises(SettingsError) as exc:
         _settings("--use-plugin", str(plugin))
-    assert "\n" not in str(exc.value)
+    assert match in str(exc.value) and "\n" not in str(exc.value) and str(plugin) in str(exc.value)
+
+
+def test_plugin_files_nipype_accepts(tmp_path):
+    plugin = tmp_path / "plugin.yml"
+    for text in ("plugin: Linear\n", "plugin: SLURMGraph\nplugin_args:\n  sbatch_args: '-p short'\n",
+                 "plugin: MultiProc\nplugin_args:\n  n_procs: 2\n  memory_gb: 0.5\n  mp_context: spawn\n"):
+        plugin.write_text(text)
+        assert _settings("--use-plugin", str(plugin)).performance.plugin_settings["plugin"] in text
 
 
 def test_cross_argument_errors_are_usage_errors(capsys):

@@ -318,7 +318,61 @@ CASES = {
                                 names=lambda p: p.ds / "qsm"),
     "work-inside-input": Case(64, "work folder lies inside the input dataset",
                               where=lambda p: p._replace(work=p.ds / "work"), names=lambda p: p.ds / "work"),
+    "output-is-the-input": Case(64, "inside the input dataset", where=lambda p: p._replace(out=p.ds)),
+    "output-is-input-derivatives": Case(64, "inside the input dataset",
+                                        where=lambda p: p._replace(out=p.ds / "derivatives"),
+                                        names=lambda p: p.ds / "derivatives"),
+    # never into another pipeline's data (#14): its derivative dataset, inside it, or another tool's folder
+    "output-is-foreign-derivative": Case(64, "holds the derivative dataset of qsmbids-sim",
+                                         where=lambda p: p._replace(out=p.ds / SIM_TRUTH), names=lambda p: p.out),
+    "output-is-foreign-derivative-outside": Case(64, "holds the derivative dataset of qsmbids-sim",
+                                                 where=lambda p: p._replace(out=_copy_truth(p)), names=lambda p: p.out),
+    "output-inside-foreign-derivative": Case(64, "lies inside the derivative dataset of qsmbids-sim",
+                                             where=lambda p: p._replace(out=_copy_truth(p) / "qsm"),
+                                             names=lambda p: p.out),
+    "output-other-tool-in-derivatives": Case(64, "holds files of another tool",
+                                             where=lambda p: p._replace(out=_freesurfer(p.ds)), names=lambda p: p.out),
+    # the work folder is disposable, the derivatives are not (#14)
+    "work-is-output": Case(64, "the work folder is the output folder", where=lambda p: p._replace(work=p.out),
+                           names=lambda p: p.work),
+    "work-inside-output": Case(64, "work folder lies inside the output folder",
+                               where=lambda p: p._replace(work=p.out / "work"), names=lambda p: p.work),
+    "output-inside-work": Case(64, "output folder lies inside the work folder",
+                               where=lambda p: p._replace(out=p.work / "out"), names=lambda p: p.out),
+    # --param values against the functions' types and ranges, before anything runs (#14)
+    "param-not-a-number": Case(64, "expected a number, got 'abc'", extra=("--param", "medi.lambda_=abc",
+                                                                          *NO_VALIDATION),
+                               names=lambda p: "--param medi.lambda_"),
+    "param-out-of-range": Case(64, "expected a value >= 1, got -5", extra=("--param", "medi.max_iter=-5",
+                                                                           *NO_VALIDATION),
+                               names=lambda p: "--param medi.max_iter"),
+    "param-not-whole": Case(64, "expected a whole number, got 2.5", extra=("--param", "medi.cg_max_iter=2.5",
+                                                                           *NO_VALIDATION),
+                            names=lambda p: "--param medi.cg_max_iter"),
+    "param-stage-range": Case(64, "expected a value in (0, 1), got 1.5", extra=("--param", "bgremove.threshold=1.5",
+                                                                                *NO_VALIDATION),
+                              names=lambda p: "--param bgremove.threshold"),
+    "param-computed-by-workflow": Case(64, "cannot be set on the command line",
+                                       extra=("--param", "medi.noise_std=2", *NO_VALIDATION),
+                                       names=lambda p: "--param medi.noise_std"),
 }
+SIM_TRUTH = Path("derivatives") / "qsmbids-sim"
+
+
+def _copy_truth(p: Paths) -> Path:
+    """The simulator's truth dataset (GeneratedBy qsmbids-sim) copied outside the input dataset."""
+    dst = p.tmp / "truth"
+    if not dst.exists():
+        shutil.copytree(p.ds / SIM_TRUTH, dst)
+    return dst
+
+
+def _freesurfer(ds: Path) -> Path:
+    """A folder of another tool in the input's derivatives, without a dataset description (as FreeSurfer's)."""
+    fs = ds / "derivatives" / "freesurfer"
+    (fs / "sub-01" / "mri").mkdir(parents=True)
+    (fs / "sub-01" / "mri" / "aseg.mgz").write_bytes(b"\0" * 64)
+    return fs
 
 
 def _checksums(root: Path) -> dict[str, str]:
@@ -355,7 +409,7 @@ def test_bad_input(case, dataset, tmp_path, capsys, monkeypatch):
     if c.patch is not None:
         c.patch(monkeypatch, p)
     extra = c.extra(p) if callable(c.extra) else c.extra
-    before = _checksums(dataset)
+    before, out_before, work_before = _checksums(dataset), _checksums(p.out), _checksums(p.work)
     rc = _main([str(p.ds), str(p.out), c.level, "-w", str(p.work), *extra])
     captured = capsys.readouterr()
     err = captured.err
@@ -367,9 +421,10 @@ def test_bad_input(case, dataset, tmp_path, capsys, monkeypatch):
     named = c.names(p) if c.names is not None else p.ds
     assert str(named) in lines[0]
     assert "Traceback" not in err + captured.out
-    # nothing written: no output folder at all (nor a work folder, unless it existed), input untouched
-    assert _written(p.out) == []
-    assert _written(p.work) == []
+    # nothing written: no output or work folder at all, or, where one existed (another pipeline's dataset), the
+    # same files with the same bytes; the input untouched
+    assert _written(p.out) == [] or _checksums(p.out) == out_before != {}
+    assert _written(p.work) == [] or _checksums(p.work) == work_before != {}
     assert _checksums(dataset) == before
 
 
@@ -396,7 +451,7 @@ def test_node_crash_is_one_line_with_crash_file(sim_bids, tmp_path):
 
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "qsmbids", str(sim_bids), str(out), "participant", "-w",
-                           str(tmp_path / "work"), "--inversion", "tkd", "--param", "tkd.threshold=-1",
+                           str(tmp_path / "work"), "--inversion", "tgv", "--param", "tgv.erosions=500",
                            "--outputs", "chimap", "--skip-bids-validation", "--no-roi", "--nprocs", "1"],
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 70
@@ -404,7 +459,7 @@ def test_node_crash_is_one_line_with_crash_file(sim_bids, tmp_path):
     assert len(lines) == 1 and "processing failed in invert" in lines[0] and "Traceback" not in proc.stderr
     crashes = list(out.glob("sub-01/log/*/crash-*invert*.txt"))
     assert len(crashes) == 1 and crashes[0].as_posix() in lines[0]
-    assert "threshold" in crashes[0].read_text()
+    assert "erosions" in crashes[0].read_text()  # data-dependent: no check before running can foresee it
     assert not (out / "sub-01" / "anat").exists()
 
 
@@ -443,12 +498,13 @@ def test_unreadable_input_as_an_unprivileged_user(dataset, tmp_path):
     root = Path(tempfile.mkdtemp(prefix="qsmbids-perm-"))  # pytest's own folders are private to root
     root.chmod(0o755)
     dataset = Path(shutil.copytree(dataset, root / "ds"))
-    out = root / "out"
-    out.mkdir()
-    out.chmod(0o777)
+    out, scratch = root / "out", root / "scratch"  # the work folder may not lie inside the output folder
+    for folder in (out, scratch):
+        folder.mkdir()
+        folder.chmod(0o777)
     cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "qsmbids.cli.run",
-           str(root / "ds"), str(out), "participant", "-w", str(out / "work"), "--skip-bids-validation"]
-    env = {**os.environ, "HOME": str(out), "MPLCONFIGDIR": str(out / "mpl")}
+           str(root / "ds"), str(out), "participant", "-w", str(scratch / "work"), "--skip-bids-validation"]
+    env = {**os.environ, "HOME": str(scratch), "MPLCONFIGDIR": str(scratch / "mpl")}
     try:
         _check_unreadable(cmd, env, dataset, out)
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nb
 import numpy as np
 import pandas as pd
@@ -87,3 +89,93 @@ def test_segmentation_dir_usage(tmp_path, capsys):
             _main([str(raw), str(tmp_path / "o"), "participant", "--segmentation-dir", *extra])
         assert exc.value.code == code and match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- #14
+def _tree(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_phenotype_columns_named_like_statistics_are_kept_apart(study, capsys):
+    raw, out = study
+    (raw / "participants.tsv").write_text("participant_id\tage\tlabel\tmean\tsession\n" + "".join(
+        f"sub-{s}\t{a}\tgroup{s}\t{100 + a}\tS{s}\n" for s, a in (("01", 30), ("02", 50), ("03", 70), ("04", 40))))
+    (raw / "participants.json").write_text('{"mean": {"Description": "mean reaction time", "Units": "ms"}}')
+    assert _main([str(raw), str(out), "group"]) == 0
+    df = pd.read_csv(out / "group" / "roi_summary.tsv", sep="\t", dtype={"participant": str})
+    stats = pd.read_csv(out / "sub-02" / "anat" / "sub-02_run-1_seg-HarvardOxford_stats.tsv", sep="\t")
+    mine = df[df["participant"] == "02"].sort_values("label")
+    assert mine["label"].tolist() == sorted(NAMES)  # the atlas labels, not the phenotype
+    assert np.allclose(mine["mean"].to_numpy(), stats.sort_values("index")["mean"].to_numpy())
+    assert set(mine["participants_mean"]) == {150} and set(mine["participants_label"]) == {"group02"}
+    assert set(mine["participants_session"]) == {"S02"} and mine["session"].isna().all()
+    doc = json.loads((out / "group" / "roi_summary.json").read_text())
+    assert doc["participants_mean"]["Units"] == "ms" and doc["mean"]["Units"] == "ppm"
+    text = capsys.readouterr().out
+    assert "participants.tsv: column 'mean' is also a column of the ROI table; written as 'participants_mean'" in text
+
+
+@pytest.mark.parametrize("rows", [["sub-02\t50", "sub-02\t51"], ["sub-02\t50", "02\t51"]])
+def test_duplicate_participant_row_exits_65(study, capsys, rows):
+    raw, out = study
+    (raw / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\n" + "\n".join(rows) + "\n")
+    before = _tree(out)
+    assert _main([str(raw), str(out), "group"]) == 65
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qsmbids: error: ")
+    assert str(raw / "participants.tsv") in err[0] and "sub-02 is listed twice (lines 3 and 4)" in err[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert _tree(out) == before  # nothing written
+
+
+@pytest.mark.parametrize("content", ["null", "[1, 2]", '{"Method": null, "Atlas": "HarvardOxford"}', "{broken"])
+def test_invalid_stats_sidecar_is_skipped_with_a_warning(study, capsys, content):
+    raw, out = study
+    side = out / "sub-02" / "anat" / "sub-02_run-1_seg-HarvardOxford_stats.json"
+    side.write_text(content)
+    assert _main([str(raw), str(out), "group"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    warning = [ln for ln in captured.out.splitlines() if str(side) in ln]
+    assert len(warning) == 1 and "sidecar skipped" in warning[0]
+    df = pd.read_csv(out / "group" / "roi_summary.tsv", sep="\t", dtype={"participant": str})
+    mine = df[df["participant"] == "02"]
+    assert len(mine) == len(NAMES) and set(mine["atlas"]) == {"HarvardOxford"}  # from the file name
+
+
+def test_group_outputs_are_replaced_whole_or_not_at_all(study, monkeypatch, capsys):
+    """A failure while the report is written (after the table) leaves the previous outputs byte-identical and no
+    staging folder; on a first run it leaves no group output at all."""
+    from qsmbids.group import report
+
+    raw, out = study
+    real = report.render_group_report
+
+    def fail(data, output_dir, **kw):
+        real(data, output_dir, **kw)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "render_group_report", fail)
+    assert _main([str(raw), str(out), "group"]) == 73
+    assert not (out / "group").exists() and not (out / "group.html").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["sub-01", "sub-02", "sub-03"]
+    monkeypatch.setattr(report, "render_group_report", real)
+    assert _main([str(raw), str(out), "group"]) == 0
+    before = _tree(out)
+    (raw / "participants.tsv").write_text("participant_id\tage\nsub-01\t31\nsub-02\t51\nsub-03\t71\n")
+    monkeypatch.setattr(report, "render_group_report", fail)
+    capsys.readouterr()
+    assert _main([str(raw), str(out), "group"]) == 73
+    assert "No space left on device" in capsys.readouterr().err
+    assert _tree(out) == before and not list(out.glob(".qsmbids-group-*"))
+
+
+def test_group_level_refuses_another_pipelines_dataset(study, tmp_path, capsys):
+    raw, out = study
+    (out / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0", "DatasetType": '
+                                                  '"derivative", "GeneratedBy": [{"Name": "fMRIPrep"}]}')
+    assert _main([str(raw), str(out), "group"]) == 64
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds the derivative dataset of fMRIPrep" in err[0]
+    assert not (out / "group").exists()
