@@ -7,7 +7,9 @@ Decisions, as the README documents them:
 * a single echo is processed (no R2*/T2*, a warning) unless a method needs several echoes (exit 65, see the matrix);
 * a slab more than 45° oblique to B0 is processed with B0 taken from the affine, with a warning in the report;
 * a few NaN/Inf phase voxels are set to 0 (outside the mask), with a warning; mostly NaN phase is refused;
-* all echoes in one 4-D file per part (``EchoTime`` as a list) is as good as one 3-D file per echo.
+* all echoes in one 4-D file per part (``EchoTime`` as a list) is as good as one 3-D file per echo;
+* images that are symlinks into a store outside the dataset (DataLad/git-annex, ``cp -s``) are read through the
+  links, and ``Sources`` name the paths inside the dataset.
 
 The fast tests check discovery and the load stage (where units and geometry are decided); the slow ones run the
 whole participant level on each variant.
@@ -201,6 +203,40 @@ def test_four_d_files_equal_per_echo_files(dataset, sim_bids, tmp_path):
     a, _ = _load(run, tmp_path / "a")
     b, _ = _load(ref, tmp_path / "b")
     assert np.array_equal(a, b)
+
+
+def symlinked_images(ds: Path, store: Path) -> None:
+    """Every NIfTI of the dataset moved to ``store`` (outside it) and replaced by an absolute symlink, as git-annex
+    and ``cp -s`` leave them."""
+    store.mkdir()
+    for p in sorted(ds.rglob("*.nii.gz")):
+        target = store / p.relative_to(ds).as_posix().replace("/", "__")
+        shutil.move(p, target)
+        p.symlink_to(target)
+
+
+def test_symlinked_images_into_an_outside_store(dataset, sim_bids, tmp_path, capsys):
+    from qsmbids.cli.run import _main, _run_dict
+
+    store = tmp_path / "annex" / "objects"
+    store.parent.mkdir()
+    symlinked_images(dataset, store)
+    before = {p.name: p.read_bytes() for p in store.iterdir()}
+    (run,) = collect_runs(dataset)
+    assert all(Path(p).is_symlink() and Path(p).parent.parent.parent == dataset for p in run.source_files)
+    sources = _run_dict(run, dataset)["sources"]
+    assert sources == _run_dict(collect_runs(sim_bids)[0], sim_bids)["sources"]
+    assert sources[0] == "bids:raw:sub-01/anat/sub-01_echo-1_part-phase_MEGRE.nii.gz"
+    # the whole pre-flight (voxel checks included) and the workflow build
+    out = tmp_path / "out"
+    rc = _main([str(dataset), str(out), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation",
+                "--boilerplate-only"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert (out / "logs" / "CITATION.md").is_file()
+    assert {p.name: p.read_bytes() for p in store.iterdir()} == before
+    assert all(p.is_symlink() for p in dataset.rglob("*.nii.gz"))
 
 
 # ------------------------------------------------------------------------------------------------------------
