@@ -34,8 +34,8 @@ FIELD_TOLERANCE = 0.05
 @dataclass(frozen=True)
 class Field:
     """What a sidecar number must be: ``bad`` is the message for a value that is not (``{label}``, ``{value}``), the
-    open range (lo, hi) in the BIDS unit, and the other units (name, factor to the BIDS unit) that a value outside
-    the range is recognised in."""
+    open range (lo, hi) in the BIDS unit, and the other units (name, factor to the BIDS unit) that a value above the
+    range is recognised in (when it falls into the range's upper three decades in that unit)."""
 
     bad: str
     lo: float
@@ -45,12 +45,12 @@ class Field:
 
 
 FIELDS = {
-    "EchoTime": Field("{label} must be a positive number of seconds, got {value}", 0.0, TE_MS_THRESHOLD, (("milliseconds", 1e-3),),
-                      "fix the sidecars or give --echo-times in seconds"),
+    "EchoTime": Field("{label} must be a positive number of seconds, got {value}", 0.0, TE_MS_THRESHOLD,
+                      (("milliseconds", 1e-3),), "fix the sidecars or give --echo-times in seconds"),
     "MagneticFieldStrength": Field("{label} {value} is not a field strength in tesla", 0.0, MAX_FIELD_T, (),
                                    "fix the sidecars or give --field-strength in tesla"),
     "ImagingFrequency": Field("{label} {value} is not an imaging frequency in MHz", 0.0, MAX_FIELD_T * GAMMA_BAR_MHZ_T,
-                              (("Hz", 1e-6), ("kHz", 1e-3)), "fix the sidecars or give --field-strength in tesla"),
+                              (("Hz", 1e-6),), "fix the sidecars or give --field-strength in tesla"),
 }
 _BIDS_UNIT = {"EchoTime": "seconds", "MagneticFieldStrength": "tesla", "ImagingFrequency": "MHz"}
 
@@ -89,6 +89,7 @@ sidecars or give --field-strength in tesla)
     """
     spec = FIELDS[name]
     label = label or name
+    said = f"{label} {_shown(value)}" if label == name else f"{label} ({_shown(value)})"
     tail = f"; {spec.hint}" if spec.hint else ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = " (a JSON boolean, not a number)" if isinstance(value, bool) else ""
@@ -98,8 +99,8 @@ sidecars or give --field-strength in tesla)
         raise _refuse(f"{sidecar}: {spec.bad.format(label=label, value=_shown(value))}{tail}")
     if v >= spec.hi:
         for unit, factor in spec.other_units:
-            if spec.lo < v * factor < spec.hi:
-                raise _refuse(f"{sidecar}: {label} {_shown(value)} looks like {unit}; BIDS wants {_BIDS_UNIT[name]}"
+            if spec.hi / 1000 < v * factor < spec.hi:  # within the upper three decades of the range
+                raise _refuse(f"{sidecar}: {said} looks like {unit}; BIDS wants {_BIDS_UNIT[name]}"
                               + (f" ({spec.hint})" if spec.hint else ""))
         raise _refuse(f"{sidecar}: {spec.bad.format(label=label, value=_shown(value))}{tail}")
     return v
