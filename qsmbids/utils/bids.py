@@ -7,6 +7,10 @@ naming the file and the problem and a BIDS-Apps exit code, before a single deriv
 A run is the set of files sharing subject, session, acquisition, reconstruction and run entities: the phase (and,
 when present, the magnitude) of every echo, as one 3-D file per echo (``echo-<i>``) or one 4-D file holding all
 echoes. Single-echo ``T2starw`` data with ``part-phase`` are accepted too where the chosen methods allow.
+
+The numbers of the sidecars are checked by :mod:`qsmbids.utils.sidecars` (one routine for every field, per-echo and
+4-D alike), the images' geometry and voxels by :mod:`qsmbids.utils.images`; this module finds the files, groups them
+into runs and checks that the parts of a run fit together.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..cli.exit_codes import EX_DATAERR, EX_NO_MATCH, EX_NOINPUT, EX_VALIDATION
-from .images import VOXEL_MM_RANGE, check_geometry, check_voxel_size, complex_note
+from .images import check_geometry, check_voxel_size, complex_note
 from .images import check_data as check_voxels
 from .masks import check_user_mask, find_user_mask
 from .sidecars import GAMMA_BAR_MHZ_T, TE_MS_THRESHOLD
@@ -327,15 +331,17 @@ def _refuse_duplicates(paths: list[str], keys: list) -> None:
 
 
 def _header_notes(headers: list[tuple[str, Any]], phase_paths: tuple[str, ...]) -> list[str]:
-    """Geometry of every header (refusals raise) and complex-valued images: the run's warnings, each said once."""
-    notes: dict[str, str] = {}
+    """Geometry of every header (refusals raise) and complex-valued images: the run's warnings, each problem said
+    once, naming its first file and how many more share it."""
+    files: dict[str, list[str]] = {}
     for p, img in headers:
-        for warning in check_geometry(p, img):
-            notes.setdefault(warning.split(": ", 1)[-1], warning)
+        found = check_geometry(p, img)
         note = complex_note(p, img.get_data_dtype(), is_phase=p in phase_paths)
-        if note:
-            notes[note] = note
-    return list(notes.values())
+        for warning in [*found, *([note] if note else [])]:
+            name, problem = warning.split(": ", 1)
+            files.setdefault(problem, []).append(name)
+    return [f"{names[0]}{f' (+{len(names) - 1} more)' if len(names) > 1 else ''}: {problem}"
+            for problem, names in files.items()]
 
 
 def _refuse_mixed_magnitude(layout, phase_file) -> None:

@@ -226,7 +226,11 @@ def test_complex_images_are_taken_as_angle_and_modulus(dataset, sim_bids, tmp_pa
     (run,) = collect_runs(dataset)
     assert nib.load(run.phase[0]).get_data_dtype() == dtype
     notes = [w for w in run.warnings if "complex-valued" in w]
-    assert any("angle as the phase" in w for w in notes) and any("modulus as the magnitude" in w for w in notes)
+    assert sorted(notes) == [
+        f"sub-01_echo-1_part-mag_MEGRE.nii.gz (+2 more): complex-valued ({np.dtype(dtype).name}); its modulus as the "
+        "magnitude is used",
+        f"sub-01_echo-1_part-phase_MEGRE.nii.gz (+2 more): complex-valued ({np.dtype(dtype).name}); its angle as the "
+        "phase is used"]
     phase, meta = _load(run, tmp_path / "load")
     assert meta["info"]["phase_units"] == "rad"
     assert _angle_error(phase, _wrapped(sim_bids)) < 1e-4
@@ -267,12 +271,12 @@ def _rescaled(aff: np.ndarray) -> np.ndarray:
 ])
 def test_small_header_inconsistencies_are_warnings(dataset, sform, needle):
     """Header disagreements that leave the voxel size and the B0 direction clear: one warning per run (not one per
-    file), naming the first file; the same beyond 1 mm/1°/1 % is refused (test_run_errors.py)."""
+    file), naming the first file and the count of the others; beyond 1 mm/1°/1 % it is refused (test_run_errors.py)."""
     for p in sorted((dataset / ANAT).glob("*_MEGRE.nii.gz")):
         _geometry(p, sform=sform(nib.load(p).affine))
     (run,) = collect_runs(dataset)
     hits = [w for w in run.warnings if needle in w]
-    assert len(hits) == 1 and hits[0].startswith("sub-01_echo-1_part-phase_MEGRE.nii.gz: "), run.warnings
+    assert len(hits) == 1 and hits[0].startswith("sub-01_echo-1_part-phase_MEGRE.nii.gz (+5 more): "), run.warnings
 
 
 def symlinked_images(ds: Path, store: Path) -> None:
