@@ -228,14 +228,18 @@ def _check_weights(inversion: str) -> None:
 
 
 def _run_dict(run, bids_dir: Path) -> dict:
+    """The run as the workflow builder takes it. ``Sources`` are BIDS URIs of the paths *inside* the dataset, never
+    of resolved symlinks: with DataLad/git-annex or ``cp -s`` copies the images point into a store elsewhere."""
     import nibabel as nib
 
+    from ..interfaces.bids import bids_uri
+
     shape = nib.load(run.phase[0]).shape
-    rel = [Path(p).resolve().relative_to(bids_dir.resolve()).as_posix() for p in run.source_files]
+    sources = [bids_uri(p, bids_dir) for p in run.source_files]
     return {"name": run.name, "entities": dict(run.entities), "phase": list(run.phase),
             "magnitude": list(run.magnitude), "echo_times": list(run.echo_times),
             "field_strength": run.field_strength, "phase_units": run.phase_units, "warnings": list(run.warnings),
-            "truth": dict(run.truth), "sources": [f"bids:raw:{r}" for r in rel], "mask_file": run.mask_file,
+            "truth": dict(run.truth), "sources": sources, "mask_file": run.mask_file,
             "n_voxels": int(shape[0] * shape[1] * shape[2])}
 
 

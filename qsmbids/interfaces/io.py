@@ -188,7 +188,7 @@ class LoadMegre(SimpleInterface):
         t0 = time.perf_counter()
         reset_peak_rss()
         warnings = list(self.inputs.warnings) if isdefined(self.inputs.warnings) else []
-        phase, ref = self._stack(self.inputs.phase_files)
+        phase, ref = self._stack(self.inputs.phase_files, is_phase=True)
         n_bad = int((~np.isfinite(phase)).sum())
         if n_bad:
             warnings.append(f"{n_bad} NaN/Inf phase voxels set to 0 (excluded by the mask)")
@@ -215,7 +215,7 @@ class LoadMegre(SimpleInterface):
 
         has_mag = isdefined(self.inputs.magnitude_files) and len(self.inputs.magnitude_files) > 0
         if has_mag:
-            mag, _ = self._stack(self.inputs.magnitude_files)
+            mag, _ = self._stack(self.inputs.magnitude_files, is_phase=False)
             mag = np.abs(np.where(np.isfinite(mag), mag, 0)).astype(np.float32)
             self._results["magnitude"] = save_nifti(mag, ref, "magnitude.nii")
 
@@ -246,10 +246,17 @@ class LoadMegre(SimpleInterface):
             runtime_s=time.perf_counter() - t0, warnings=warnings, info=info)
         return runtime
 
-    def _stack(self, files: list[str]) -> tuple[np.ndarray, Any]:
+    def _stack(self, files: list[str], *, is_phase: bool) -> tuple[np.ndarray, Any]:
+        """The echoes as one float32 array, echoes last; complex files as their angle (phase) or modulus
+        (magnitude), never their real part (discovery has put a warning about them into the run's warnings)."""
+        import nibabel as nib
+
+        from ..utils.images import as_part
+
         vols, ref = [], None
         for f in files:
-            data, img = load_nifti(f)
+            img = nib.load(f)
+            data = as_part(np.asanyarray(img.dataobj), is_phase=is_phase).astype(np.float32, copy=False)
             ref = ref or img
             vols.append(data[..., None] if data.ndim == 3 else data.reshape(*data.shape[:3], -1))
         out = np.concatenate(vols, axis=3)

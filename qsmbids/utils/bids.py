@@ -7,13 +7,15 @@ naming the file and the problem and a BIDS-Apps exit code, before a single deriv
 A run is the set of files sharing subject, session, acquisition, reconstruction and run entities: the phase (and,
 when present, the magnitude) of every echo, as one 3-D file per echo (``echo-<i>``) or one 4-D file holding all
 echoes. Single-echo ``T2starw`` data with ``part-phase`` are accepted too where the chosen methods allow.
+
+The numbers of the sidecars are checked by :mod:`qsmbids.utils.sidecars` (one routine for every field, per-echo and
+4-D alike), the images' geometry and voxels by :mod:`qsmbids.utils.images`; this module finds the files, groups them
+into runs and checks that the parts of a run fit together.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import os
 import re
 import shutil
@@ -26,18 +28,18 @@ from typing import Any
 import numpy as np
 
 from ..cli.exit_codes import EX_DATAERR, EX_NO_MATCH, EX_NOINPUT, EX_VALIDATION
+from .images import check_geometry, check_voxel_size, complex_note
+from .images import check_data as check_voxels
 from .masks import check_user_mask, find_user_mask
+from .sidecars import GAMMA_BAR_MHZ_T, TE_MS_THRESHOLD
+from .sidecars import echo_times as sidecar_echo_times
+from .sidecars import field_strength as sidecar_field_strength
 
-__all__ = ["GAMMA_BAR_MHZ_T", "InputError", "MegreRun", "collect_runs", "ground_truth_for", "validate_bids"]
+__all__ = ["GAMMA_BAR_MHZ_T", "TE_MS_THRESHOLD", "InputError", "MegreRun", "collect_runs", "ground_truth_for",
+           "validate_bids"]
 
-GAMMA_BAR_MHZ_T = 42.5774785178
 ENTITY_ORDER = ("subject", "session", "acquisition", "reconstruction", "run")
 SHORT = {"subject": "sub", "session": "ses", "acquisition": "acq", "reconstruction": "rec", "run": "run"}
-#: an echo time of this many seconds or more is surely in milliseconds (the longest GRE echoes are ~ 0.1 s)
-TE_MS_THRESHOLD = 0.2
-#: voxel sizes (mm) outside this range are refused: above 10 mm the background-removal kernels and the dipole model
-#: have no brain left to work on (and such values usually mean pixdim in the wrong units); below 10 µm, the same
-VOXEL_MM_RANGE = (0.01, 10.0)
 
 
 class InputError(Exception):
@@ -223,7 +225,7 @@ def collect_runs(
                         need_magnitude=need_magnitude, min_echoes=min_echoes)
         truth = ground_truth_for(truth_root, run.entities) if truth_root.is_dir() else {}
         if check_data:
-            _check_data(run)
+            check_voxels(run.phase, run.magnitude)
         mask_file = find_user_mask(derivatives, run.entities) if derivatives else None
         if mask_file is not None:
             check_user_mask(mask_file, run.phase[0])
@@ -239,6 +241,7 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
     suffix = key[-1]
     echoes = [f.get_entities().get("echo") for f in phase_files]
     first = phase_files[0].path
+    _refuse_duplicates([f.path for f in phase_files], echoes)
     if len(phase_files) > 1 and any(e is None for e in echoes):
         four_d = next(f.path for f, e in zip(phase_files, echoes, strict=True) if e is None)
         raise InputError(EX_DATAERR, f"{four_d}: {len(phase_files)} phase files for one run but not all have an "
@@ -251,6 +254,7 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
         absent = {k: Query.NONE for k in (*ENTITY_ORDER, "echo") if k not in ents}
         hits = [m for m in layout.get(**{**ents, **absent, "part": ["mag", "magnitude"]},
                                       extension=[".nii", ".nii.gz"])]
+        _refuse_duplicates([m.path for m in hits], [m.get_entities().get("part") for m in hits])
         mags.append(hits[0].path if hits else None)
     have = [m is not None for m in mags]
     if not any(have):
@@ -266,7 +270,7 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
     import nibabel as nib
 
     phase_paths = tuple(f.path for f in phase_files)
-    shapes = []
+    shapes, headers = [], []
     for p in phase_paths + tuple(m for m in mags if m):
         if not os.access(p, os.R_OK):
             raise InputError(EX_NOINPUT, f"{p}: not readable by this user (uid {os.getuid()}); check its permissions")
@@ -275,6 +279,7 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
         except Exception as err:  # noqa: BLE001
             raise InputError(EX_DATAERR, f"{p}: cannot read NIfTI header ({_short(err)})") from None
         shapes.append((p, img.shape, img.affine))
+        headers.append((p, img))
     ref_path, ref_shape, ref_aff = shapes[0]
     four_d = len(phase_paths) == 1 and len(ref_shape) == 4 and ref_shape[3] > 1
     for p, shape, aff in shapes:
@@ -287,55 +292,56 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
                                          "be on the same grid)")
     if min(ref_shape[:3]) < 2:
         raise InputError(EX_DATAERR, f"{ref_path}: a single-slice (2-D) image {ref_shape} cannot be processed in 3-D")
-    _check_voxel_size(ref_path, nib.load(ref_path).header.get_zooms()[:3])
+    check_voxel_size(ref_path, nib.load(ref_path).header.get_zooms()[:3])
+    notes = _header_notes(headers, phase_paths)
     n_echoes = ref_shape[3] if four_d else len(phase_paths)
 
-    meta = layout.get_metadata(phase_paths[0])
-    warnings = []
+    metas = [(_sidecar(p), layout.get_metadata(p)) for p in phase_paths]
+    meta = metas[0][1]
     if echo_times is not None:
         tes = tuple(float(t) for t in echo_times)
         if len(tes) != n_echoes:
             raise InputError(EX_DATAERR, f"{phase_paths[0]}: --echo-times gives {len(tes)} values for {n_echoes} "
                                          "echoes")
-    elif four_d:
-        te = meta.get("EchoTime")
-        if not isinstance(te, list) or len(te) != n_echoes:
-            raise InputError(EX_DATAERR, f"{phase_paths[0]}: 4-D multi-echo image needs EchoTime as a list of "
-                                         f"{n_echoes} values in its sidecar (or --echo-times)")
-        tes = tuple(float(t) for t in te)
     else:
-        tes = []
-        for p in phase_paths:
-            te = layout.get_metadata(p).get("EchoTime")
-            if te is None:
-                raise InputError(EX_DATAERR, f"{_sidecar(p)}: EchoTime missing (give --echo-times in seconds)")
-            if not isinstance(te, (int, float)) or isinstance(te, bool) or not math.isfinite(te) or te <= 0:
-                raise InputError(EX_DATAERR, f"{_sidecar(p)}: EchoTime must be a positive number of seconds, "
-                                             f"got {te!r}")
-            tes.append(float(te))
-        tes = tuple(tes)
-    if any(t >= TE_MS_THRESHOLD for t in tes):
-        raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: EchoTime {max(tes):g} looks like milliseconds; "
-                                     "BIDS wants seconds (fix the sidecars or give --echo-times in seconds)")
-    if any(b <= a for a, b in itertools.pairwise(tes)):
-        raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: echo times {list(tes)} are not increasing")
+        tes = sidecar_echo_times(metas, n_echoes, four_d=four_d, image=phase_paths[0])
     if n_echoes < min_echoes:
         raise InputError(EX_DATAERR, f"{phase_paths[0]}: {n_echoes} echo(es), but the chosen methods need at least "
                                      f"{min_echoes}")
-
-    b0 = field_strength if field_strength is not None else meta.get("MagneticFieldStrength")
-    if b0 is None and meta.get("ImagingFrequency"):
-        b0 = float(meta["ImagingFrequency"]) / GAMMA_BAR_MHZ_T
-        warnings.append(f"MagneticFieldStrength missing; {b0:.3f} T from ImagingFrequency")
-    if b0 is None:
-        raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: MagneticFieldStrength missing (give "
-                                     "--field-strength in tesla)")
-    if not isinstance(b0, (int, float)) or not (0 < float(b0) < 30):
-        raise InputError(EX_DATAERR, f"{_sidecar(phase_paths[0])}: MagneticFieldStrength {b0!r} is not a field "
-                                     "strength in tesla")
+    warnings: list[str] = []
+    if field_strength is not None:
+        b0 = float(field_strength)
+    else:
+        b0, warnings = sidecar_field_strength(metas)
+    warnings += notes
     return MegreRun(entities={**entities, "suffix": suffix} if suffix != "MEGRE" else entities,
                     phase=phase_paths, magnitude=tuple(m for m in mags if m), echo_times=tes,
-                    field_strength=float(b0), phase_units=meta.get("Units"), warnings=tuple(warnings))
+                    field_strength=b0, phase_units=meta.get("Units"), warnings=tuple(warnings))
+
+
+def _refuse_duplicates(paths: list[str], keys: list) -> None:
+    """The same image stored twice (``.nii`` next to ``.nii.gz``: ``keys`` equal): 65, since which one is meant
+    cannot be told."""
+    seen: dict[Any, str] = {}
+    for path, key in sorted(zip(paths, keys, strict=True), key=lambda pk: pk[0]):
+        if key in seen:
+            raise InputError(EX_DATAERR, f"{path}: duplicate of {Path(seen[key]).name} (the same image stored twice; "
+                                         "keep one)")
+        seen[key] = path
+
+
+def _header_notes(headers: list[tuple[str, Any]], phase_paths: tuple[str, ...]) -> list[str]:
+    """Geometry of every header (refusals raise) and complex-valued images: the run's warnings, each problem said
+    once, naming its first file and how many more share it."""
+    files: dict[str, list[str]] = {}
+    for p, img in headers:
+        found = check_geometry(p, img)
+        note = complex_note(p, img.get_data_dtype(), is_phase=p in phase_paths)
+        for warning in [*found, *([note] if note else [])]:
+            name, problem = warning.split(": ", 1)
+            files.setdefault(problem, []).append(name)
+    return [f"{names[0]}{f' (+{len(names) - 1} more)' if len(names) > 1 else ''}: {problem}"
+            for problem, names in files.items()]
 
 
 def _refuse_mixed_magnitude(layout, phase_file) -> None:
@@ -351,56 +357,6 @@ def _refuse_mixed_magnitude(layout, phase_file) -> None:
         form = "one 4-D phase image" if echo is None else "one 3-D phase image per echo"
         raise InputError(EX_DATAERR, f"{phase_file.path}: {form}, but the magnitude ({Path(other[0].path).name}) "
                                      "is stored the other way (4-D and 3-D files mixed); store both parts alike")
-
-
-def _check_voxel_size(path: str, zooms) -> None:
-    """Refuse voxel sizes outside :data:`VOXEL_MM_RANGE` (65): the numbers of the header, as the stages use them."""
-    lo, hi = VOXEL_MM_RANGE
-    vs = [float(z) for z in zooms]
-    if not all(math.isfinite(v) and lo <= v <= hi for v in vs):
-        shown = " × ".join(f"{v:g}" for v in vs)
-        raise InputError(EX_DATAERR, f"{path}: voxel size {shown} mm is outside {lo:g}–{hi:g} mm (wrong pixdim or "
-                                     "units in the header?)")
-
-
-def _header_only(path: str, img) -> bool:
-    """True when the file ends right after the header: a NIfTI written without its image data."""
-    import gzip
-
-    offset = max(352, int(img.header.get_data_offset()))  # single-file NIfTI: data start at 352 bytes or later
-    if str(path).endswith(".gz"):
-        with gzip.open(path, "rb") as fh:
-            return len(fh.read(offset + 1)) <= offset
-    return Path(path).stat().st_size <= offset
-
-
-def _check_data(run: MegreRun) -> None:
-    """Read every voxel once: truncated files, NaN/Inf, all-zero phase or magnitude → 65."""
-    import nibabel as nib
-
-    for p in run.source_files:
-        try:
-            img = nib.load(p)
-            if _header_only(p, img):
-                raise InputError(EX_DATAERR, f"{p}: holds a NIfTI header but no image data (incomplete export or "
-                                             "copy?)")
-            data = np.asanyarray(img.dataobj)
-        except InputError:
-            raise
-        except Exception as err:  # noqa: BLE001
-            raise InputError(EX_DATAERR, f"{p}: corrupt or truncated NIfTI ({_short(err)})") from None
-        if data.size == 0:
-            raise InputError(EX_DATAERR, f"{p}: the image holds no voxels")
-        is_phase = p in run.phase
-        if np.issubdtype(data.dtype, np.floating):
-            finite = np.isfinite(data)
-            if not finite.all():
-                frac = 1 - finite.mean()
-                if is_phase and frac > 0.5:
-                    raise InputError(EX_DATAERR, f"{p}: {100 * frac:.0f} % of the phase voxels are NaN/Inf")
-            data = np.where(finite, data, 0)
-        if not np.any(data):
-            raise InputError(EX_DATAERR, f"{p}: all voxels are zero ({'phase' if is_phase else 'magnitude'})")
 
 
 def ground_truth_for(root: Path, entities: dict[str, str]) -> dict[str, str]:

@@ -7,7 +7,13 @@ Decisions, as the README documents them:
 * a single echo is processed (no R2*/T2*, a warning) unless a method needs several echoes (exit 65, see the matrix);
 * a slab more than 45° oblique to B0 is processed with B0 taken from the affine, with a warning in the report;
 * a few NaN/Inf phase voxels are set to 0 (outside the mask), with a warning; mostly NaN phase is refused;
-* all echoes in one 4-D file per part (``EchoTime`` as a list) is as good as one 3-D file per echo.
+* all echoes in one 4-D file per part (``EchoTime`` as a list) is as good as one 3-D file per echo;
+* complex-valued phase and magnitude files (complex64/complex128) are taken as what they are: the angle of the phase
+  file, the modulus of the magnitude file (never the real part), with a warning;
+* small header inconsistencies that leave voxel size and B0 direction clear (qform and sform a few mm apart, a shear
+  below 1°) are warnings; larger ones are refused (see the matrix);
+* images that are symlinks into a store outside the dataset (DataLad/git-annex, ``cp -s``) are read through the
+  links, and ``Sources`` name the paths inside the dataset.
 
 The fast tests check discovery and the load stage (where units and geometry are decided); the slow ones run the
 whole participant level on each variant.
@@ -201,6 +207,110 @@ def test_four_d_files_equal_per_echo_files(dataset, sim_bids, tmp_path):
     a, _ = _load(run, tmp_path / "a")
     b, _ = _load(ref, tmp_path / "b")
     assert np.array_equal(a, b)
+
+
+def complex_images(ds: Path, dtype=np.complex64) -> None:
+    """Phase and magnitude files both holding the complex signal m·e^{iφ} (as some reconstructions export it)."""
+    for e in (1, 2, 3):
+        mag = np.asanyarray(nib.load(_echo(ds, e, "mag")).dataobj).astype(np.float64)
+        ph = np.asanyarray(nib.load(_echo(ds, e, "phase")).dataobj).astype(np.float64)
+        signal = (mag * np.exp(1j * ph)).astype(dtype)
+        for part in ("mag", "phase"):
+            img = nib.load(_echo(ds, e, part))
+            nib.save(nib.Nifti1Image(signal, img.affine), _echo(ds, e, part))
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_images_are_taken_as_angle_and_modulus(dataset, sim_bids, tmp_path, dtype):
+    complex_images(dataset, dtype)
+    (run,) = collect_runs(dataset)
+    assert nib.load(run.phase[0]).get_data_dtype() == dtype
+    notes = [w for w in run.warnings if "complex-valued" in w]
+    assert sorted(notes) == [
+        f"sub-01_echo-1_part-mag_MEGRE.nii.gz (+2 more): complex-valued ({np.dtype(dtype).name}); its modulus as the "
+        "magnitude is used",
+        f"sub-01_echo-1_part-phase_MEGRE.nii.gz (+2 more): complex-valued ({np.dtype(dtype).name}); its angle as the "
+        "phase is used"]
+    phase, meta = _load(run, tmp_path / "load")
+    assert meta["info"]["phase_units"] == "rad"
+    assert _angle_error(phase, _wrapped(sim_bids)) < 1e-4
+    mag = np.asanyarray(nib.load(tmp_path / "load" / "magnitude.nii").dataobj)
+    (ref,) = collect_runs(sim_bids)
+    _load(ref, tmp_path / "ref")
+    ref_mag = np.asanyarray(nib.load(tmp_path / "ref" / "magnitude.nii").dataobj)
+    assert np.allclose(mag, ref_mag, rtol=1e-5, atol=1e-5 * float(ref_mag.max()))
+    assert any("complex-valued" in w for w in meta["warnings"])  # reaches the report
+
+
+def _geometry(path: Path, *, sform: np.ndarray) -> None:
+    img = nib.load(path)
+    out = nib.Nifti1Image(np.asanyarray(img.dataobj), None, img.header)
+    out.set_qform(img.affine, 1)
+    out.set_sform(sform, 1)
+    nib.save(out, path)
+
+
+def _shifted(aff: np.ndarray) -> np.ndarray:
+    return np.array([[1, 0, 0, 3.0], [0, 1, 0, 2.0], [0, 0, 1, 0], [0, 0, 0, 1]]) @ aff
+
+
+def _sheared(aff: np.ndarray) -> np.ndarray:
+    shear = np.eye(4)
+    shear[0, 1] = np.tan(np.radians(0.5))
+    return aff @ shear
+
+
+def _rescaled(aff: np.ndarray) -> np.ndarray:
+    return aff @ np.diag([1.005, 1.005, 1.005, 1.0])
+
+
+@pytest.mark.parametrize(("sform", "needle"), [
+    (_shifted, "the qform and sform place the image 3.6 mm apart; the sform is used"),
+    (_sheared, "the affine is sheared by 0.50°; treated as orthogonal"),
+    (_rescaled, "differ by 0.50 %; pixdim used"),
+])
+def test_small_header_inconsistencies_are_warnings(dataset, sform, needle):
+    """Header disagreements that leave the voxel size and the B0 direction clear: one warning per run (not one per
+    file), naming the first file and the count of the others; beyond 1 mm/1°/1 % it is refused (test_run_errors.py)."""
+    for p in sorted((dataset / ANAT).glob("*_MEGRE.nii.gz")):
+        _geometry(p, sform=sform(nib.load(p).affine))
+    (run,) = collect_runs(dataset)
+    hits = [w for w in run.warnings if needle in w]
+    assert len(hits) == 1 and hits[0].startswith("sub-01_echo-1_part-phase_MEGRE.nii.gz (+5 more): "), run.warnings
+
+
+def symlinked_images(ds: Path, store: Path) -> None:
+    """Every NIfTI of the dataset moved to ``store`` (outside it) and replaced by an absolute symlink, as git-annex
+    and ``cp -s`` leave them."""
+    store.mkdir()
+    for p in sorted(ds.rglob("*.nii.gz")):
+        target = store / p.relative_to(ds).as_posix().replace("/", "__")
+        shutil.move(p, target)
+        p.symlink_to(target)
+
+
+def test_symlinked_images_into_an_outside_store(dataset, sim_bids, tmp_path, capsys):
+    from qsmbids.cli.run import _main, _run_dict
+
+    store = tmp_path / "annex" / "objects"
+    store.parent.mkdir()
+    symlinked_images(dataset, store)
+    before = {p.name: p.read_bytes() for p in store.iterdir()}
+    (run,) = collect_runs(dataset)
+    assert all(Path(p).is_symlink() and Path(p).parent.parent.parent == dataset for p in run.source_files)
+    sources = _run_dict(run, dataset)["sources"]
+    assert sources == _run_dict(collect_runs(sim_bids)[0], sim_bids)["sources"]
+    assert sources[0] == "bids:raw:sub-01/anat/sub-01_echo-1_part-phase_MEGRE.nii.gz"
+    # the whole pre-flight (voxel checks included) and the workflow build
+    out = tmp_path / "out"
+    rc = _main([str(dataset), str(out), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation",
+                "--boilerplate-only"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert (out / "logs" / "CITATION.md").is_file()
+    assert {p.name: p.read_bytes() for p in store.iterdir()} == before
+    assert all(p.is_symlink() for p in dataset.rglob("*.nii.gz"))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -124,6 +124,68 @@ def _write_four_d_phase(ds: Path, *, remove_echo_files: bool) -> None:
             _sidecar(ds, e, "phase").unlink()
 
 
+FOUR_D_SIDECAR = ANAT / "sub-01_part-phase_MEGRE.json"
+
+
+def _four_d_echo_times(tes: list) -> Callable[[Path], None]:
+    """Both parts as 4-D files (accepted as such) whose sidecars' EchoTime lists are ``tes``."""
+    def mutate(ds: Path) -> None:
+        for part in ("mag", "phase"):
+            files = [_echo(ds, e, part) for e in (1, 2, 3)]
+            img = nib.load(files[0])
+            data = np.stack([np.asanyarray(nib.load(f).dataobj) for f in files], -1)
+            meta = json.loads(_sidecar(ds, 1, part).read_text())
+            meta.pop("EchoNumber", None)
+            meta["EchoTime"] = tes
+            nib.save(nib.Nifti1Image(data, img.affine), ds / ANAT / f"sub-01_part-{part}_MEGRE.nii.gz")
+            (ds / ANAT / f"sub-01_part-{part}_MEGRE.json").write_text(json.dumps(meta))
+        _drop_echoes(ds, [1, 2, 3])
+    return mutate
+
+
+def _set_geometry(path: Path, *, sform=None, qform=None) -> None:
+    """Rewrite the header's sform and/or qform (codes 1, scanner), leaving the voxel data alone. nibabel's
+    ``set_qform`` also writes pixdim from the qform; ``set_sform`` leaves pixdim as they are."""
+    img = nib.load(path)
+    out = nib.Nifti1Image(np.asanyarray(img.dataobj), None, img.header)
+    out.set_qform(img.affine if qform is None else qform, 1)
+    out.set_sform(img.affine if sform is None else sform, 1)
+    nib.save(out, path)
+
+
+def _rot_x(degrees: float) -> np.ndarray:
+    t = np.radians(degrees)
+    return np.array([[1, 0, 0, 0], [0, np.cos(t), -np.sin(t), 0], [0, np.sin(t), np.cos(t), 0], [0, 0, 0, 1]])
+
+
+def _shear(degrees: float) -> Callable[[Path], None]:
+    def mutate(ds: Path) -> None:
+        s = np.eye(4)
+        s[0, 1] = np.tan(np.radians(degrees))
+        _all_images(ds, lambda f: _set_geometry(f, sform=nib.load(f).affine @ s, qform=nib.load(f).affine))
+    return mutate
+
+
+def _sform_rotated(ds: Path) -> None:
+    """An SPM-style reorientation: the sform turned by 10° about x, the qform (scanner) left as it was."""
+    _all_images(ds, lambda f: _set_geometry(f, sform=_rot_x(10) @ nib.load(f).affine))
+
+
+def _sform_voxels_scaled(ds: Path) -> None:
+    """The sform's voxels 20 % larger than pixdim (and the qform) say."""
+    _all_images(ds, lambda f: _set_geometry(f, sform=nib.load(f).affine @ np.diag([1.2, 1.2, 1.2, 1.0])))
+
+
+def _few_values(d: np.ndarray) -> np.ndarray:
+    """What a label image or a thresholded map written as phase looks like: 7 values, −3..3."""
+    return np.round(d)
+
+
+def _duplicate_as_nii(ds: Path) -> None:
+    img = nib.load(_echo(ds, 2, "phase"))
+    nib.save(img, ds / ANAT / "sub-01_echo-2_part-phase_MEGRE.nii")
+
+
 def _not_bids(ds: Path) -> None:
     """A folder of scanner exports: no dataset_description.json and no sub-<label> folders."""
     for p in list(ds.iterdir()):
@@ -253,6 +315,19 @@ CASES = {
     "field-strength-in-mT": Case(65, "not a field strength in tesla",
                                  lambda ds: _all_sidecars(ds, MagneticFieldStrength=3000),
                                  names=lambda p: _sidecar(p.ds, 1, "phase")),
+    "4d-echotime-null": Case(65, "EchoTime of echo 2 must be a positive number of seconds, got null",
+                             _four_d_echo_times([0.004, None, 0.012]), names=lambda p: p.ds / FOUR_D_SIDECAR),
+    "4d-echotime-negative": Case(65, "EchoTime of echo 2 must be a positive number of seconds, got -0.008",
+                                 _four_d_echo_times([0.004, -0.008, 0.012]), names=lambda p: p.ds / FOUR_D_SIDECAR),
+    "imaging-frequency-n/a": Case(65, 'ImagingFrequency "n/a" is not an imaging frequency in MHz',
+                                  lambda ds: _all_sidecars(ds, ImagingFrequency="n/a"),
+                                  names=lambda p: _sidecar(p.ds, 1, "phase")),
+    "imaging-frequency-in-hz": Case(65, "ImagingFrequency 127732436 looks like Hz; BIDS wants MHz",
+                                    lambda ds: _all_sidecars(ds, ImagingFrequency=127732436),
+                                    names=lambda p: _sidecar(p.ds, 1, "phase")),
+    "field-strength-bool": Case(65, "MagneticFieldStrength true is not a field strength in tesla (a JSON boolean",
+                                lambda ds: _all_sidecars(ds, MagneticFieldStrength=True),
+                                names=lambda p: _sidecar(p.ds, 1, "phase")),
     # images: 65
     "shape-mismatch": Case(65, "shape", lambda ds: _crop(_echo(ds, 2, "mag")), names=lambda p: _echo(p.ds, 2, "mag")),
     "affine-mismatch": Case(65, "affine", lambda ds: _shift_affine(_echo(ds, 3, "phase")),
@@ -282,6 +357,24 @@ CASES = {
                       lambda p: _echo(p.ds, 2, "phase")),
     "all-zero-magnitude": Case(65, "magnitude", lambda ds: _replace_data(_echo(ds, 1, "mag"), np.zeros_like), (),
                                lambda p: _echo(p.ds, 1, "mag")),
+    "constant-phase": Case(65, "every voxel holds the same value (3.14159), which cannot be phase data",
+                           lambda ds: _replace_data(_echo(ds, 2, "phase"), lambda d: np.full_like(d, np.pi)),
+                           names=lambda p: _echo(p.ds, 2, "phase")),
+    "phase-few-values": Case(65, "only 7 distinct values", lambda ds: _replace_data(_echo(ds, 3, "phase"), _few_values),
+                             names=lambda p: _echo(p.ds, 3, "phase")),
+    "constant-magnitude": Case(65, "every voxel holds the same value (100), which cannot be magnitude data",
+                               lambda ds: _replace_data(_echo(ds, 1, "mag"), lambda d: np.full_like(d, 100.0)),
+                               names=lambda p: _echo(p.ds, 1, "mag")),
+    "all-nan-magnitude": Case(65, "all voxels are NaN/Inf (magnitude)",
+                              lambda ds: _replace_data(_echo(ds, 2, "mag"), lambda d: d * np.nan),
+                              names=lambda p: _echo(p.ds, 2, "mag")),
+    "sheared-affine": Case(65, "the affine is sheared", _shear(5.0), names=lambda p: _echo(p.ds, 1, "phase")),
+    "qform-sform-rotated": Case(65, "the qform and sform orient the image differently (10.0° apart)", _sform_rotated,
+                                names=lambda p: _echo(p.ds, 1, "phase")),
+    "pixdim-vs-sform": Case(65, "so the voxel size is ambiguous", _sform_voxels_scaled,
+                            names=lambda p: _echo(p.ds, 1, "phase")),
+    "duplicate-nii-and-nii-gz": Case(65, "duplicate of sub-01_echo-2_part-phase_MEGRE.nii (the same image stored "
+                                         "twice", _duplicate_as_nii, names=lambda p: _echo(p.ds, 2, "phase")),
     # the data do not suit the chosen methods: 65
     "single-echo-csf": Case(65, "at least 2", lambda ds: _drop_echoes(ds, [2, 3]),
                             ("--reference", "csf", *NO_VALIDATION), lambda p: _echo(p.ds, 1, "phase")),

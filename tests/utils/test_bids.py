@@ -453,6 +453,64 @@ def test_field_strength_not_tesla(tmp_path, b0):
     refused(65, str(files["phase"][0]).replace(".nii.gz", ".json"), "not a field strength in tesla", bids_dir=root)
 
 
+BAD_NUMBERS = [  # (field, value, message after "<sidecar>: "); a JSON null of a plain field is as good as missing
+    ("EchoTime", -0.004, "EchoTime must be a positive number of seconds, got -0.004"),
+    ("EchoTime", "n/a", 'EchoTime must be a positive number of seconds, got "n/a"'),
+    ("EchoTime", float("nan"), "EchoTime must be a positive number of seconds, got NaN"),
+    ("EchoTime", False, "EchoTime must be a positive number of seconds, got false (a JSON boolean"),
+    ("EchoTime", 12, "EchoTime 12 looks like milliseconds; BIDS wants seconds"),
+    ("MagneticFieldStrength", True, "MagneticFieldStrength true is not a field strength in tesla (a JSON boolean"),
+    ("MagneticFieldStrength", "3T", 'MagneticFieldStrength "3T" is not a field strength in tesla'),
+    ("MagneticFieldStrength", [3.0], "MagneticFieldStrength [3.0] is not a field strength in tesla"),
+    ("ImagingFrequency", "n/a", 'ImagingFrequency "n/a" is not an imaging frequency in MHz'),
+    ("ImagingFrequency", False, "ImagingFrequency false is not an imaging frequency in MHz (a JSON boolean"),
+    ("ImagingFrequency", -127.7, "ImagingFrequency -127.7 is not an imaging frequency in MHz"),
+    ("ImagingFrequency", 127732436, "ImagingFrequency 127732436 looks like Hz; BIDS wants MHz"),
+]
+
+
+@pytest.mark.parametrize("four_d", [False, True], ids=["per-echo", "4-D"])
+@pytest.mark.parametrize(("name", "value", "needle"), BAD_NUMBERS, ids=[f"{n}={v!r}" for n, v, _ in BAD_NUMBERS])
+def test_every_sidecar_number_is_checked_alike(tmp_path, four_d, name, value, needle):
+    """One check for every sidecar number, on both the per-echo and the 4-D paths: 65, the sidecar and the field
+    named (in the 4-D form an echo time is one entry of the list, named by its echo; a null there is refused too)."""
+    root, files = base_tree(tmp_path, echoes=2, four_d=four_d)
+    side = files["phase"][-1].with_name(files["phase"][-1].name.replace(".nii.gz", ".json"))
+    doc = json.loads(side.read_text())
+    if name == "EchoTime" and four_d:
+        doc["EchoTime"] = [doc["EchoTime"][0], value]
+        needle = needle.replace("EchoTime 12", "EchoTime of echo 2 (12)").replace("EchoTime must",
+                                                                                   "EchoTime of echo 2 must")
+    else:
+        doc[name] = value
+    side.write_text(json.dumps(doc))
+    refused(65, f"{side}: {needle}", bids_dir=root)
+
+
+def test_null_in_a_4d_echo_time_list(tmp_path):
+    root, files = base_tree(tmp_path, echoes=3, four_d=True, sidecar={"EchoTime": [0.004, None, 0.012]})
+    side = str(files["phase"][0]).replace(".nii.gz", ".json")
+    refused(65, f"{side}: EchoTime of echo 2 must be a positive number of seconds, got null", bids_dir=root)
+
+
+def test_overridden_sidecar_numbers_are_not_needed(tmp_path):
+    """--echo-times and --field-strength replace the sidecars' values, so bad ones there do not matter."""
+    root, _ = base_tree(tmp_path, sidecar={"EchoTime": "n/a", "MagneticFieldStrength": True,
+                                           "ImagingFrequency": "n/a"})
+    (run,) = collect_runs(root, echo_times=(0.004, 0.008), field_strength=3.0)
+    assert run.echo_times == (0.004, 0.008) and run.field_strength == 3.0 and run.warnings == ()
+
+
+@pytest.mark.parametrize(("freq", "warned"), [(123.2, False), (127.7, False), (63.87, True), (297.2, True)])
+def test_field_strength_and_frequency_disagreeing_is_a_warning(tmp_path, freq, warned):
+    """A "3 T" magnet may run at 2.89 T (123.2 MHz): within 5 % no warning; 1.5 T or 7 T worth of frequency is."""
+    root, _ = base_tree(tmp_path, sidecar={"MagneticFieldStrength": 3.0, "ImagingFrequency": freq})
+    (run,) = collect_runs(root)
+    assert run.field_strength == 3.0
+    hits = [w for w in run.warnings if "MagneticFieldStrength 3 T and ImagingFrequency" in w]
+    assert len(hits) == int(warned), run.warnings
+
+
 def test_some_nan_phase_is_accepted(tmp_path):
     """Up to half of the phase voxels may be NaN (masked out later); more is refused (CLI test)."""
     root, files = base_tree(tmp_path)
