@@ -38,8 +38,8 @@ def test_every_default_of_every_function_passes(inversion):
 
 
 @pytest.mark.parametrize("text, methods", [
-    ("medi.lambda_=1000", {}), ("medi.max_iter=5", {}), ("medi.merit=true", {}), ("vsharp.radii=12,10,8", {}),
-    ("vsharp.radii=12", {}), ("unwrap.sigma_mm=4,4,2", {}), ("tkd.threshold=auto", {"inversion": "tkd"}),
+    ("medi.lambda_=1000", {}), ("medi.max_iter=5", {}), ("medi.merit=true", {}), ("vsharp.radii=12,10,8", {"bgremove": "vsharp"}),
+    ("vsharp.radii=12", {"bgremove": "vsharp"}), ("unwrap.sigma_mm=4,4,2", {}), ("tkd.threshold=auto", {"inversion": "tkd"}),
     ("tgv.alpha=0.002,0.001", {"inversion": "tgv"}), ("swi.phase_sign=1", {}), ("deepbet.threshold=0.3", {}),
 ])
 def test_good_values_pass(text, methods):
@@ -52,8 +52,8 @@ def test_good_values_pass(text, methods):
     ("medi.max_iter=2.5", {}, "--param medi.max_iter: expected a whole number, got 2.5"),
     ("medi.merit=1", {}, "--param medi.merit: expected true or false, got 1"),
     ("medi.pad_factor=0.5", {}, "--param medi.pad_factor: expected a value >= 1, got 0.5"),
-    ("vsharp.radii=12,0", {}, "--param vsharp.radii: expected a value > 0, got 12,0"),
-    ("bgremove.threshold=1", {}, "--param bgremove.threshold: expected a value in (0, 1), got 1"),
+    ("vsharp.radii=12,0", {"bgremove": "vsharp"}, "--param vsharp.radii: expected a value > 0, got 12,0"),
+    ("bgremove.threshold=1", {"bgremove": "vsharp"}, "--param bgremove.threshold: expected a value in (0, 1), got 1"),
     ("tkd.threshold=0.7", {"inversion": "tkd"}, "expected a value in (0, 0.667), got 0.7"),
     ("tkd.threshold=best", {"inversion": "tkd"}, "expected one of auto, l-curve, got 'best'"),
     ("tgv.alpha=0.002", {"inversion": "tgv"}, "--param tgv.alpha: expected 2 values, got 0.002"),
