@@ -7,6 +7,9 @@ input leaves no half-written derivative behind. Progress: one line per finished 
 Reliability on shared clusters (:mod:`qsmbids.cli.recovery`): derivatives are written atomically, a rerun with the
 same work folder recomputes only what did not finish (after repairing a damaged work folder), and a full disk or a
 read-only folder while running is reported like a refusal (one line, exit 73), not as a crash.
+How a run ends among other processes (:mod:`qsmbids.cli.lifecycle`, :mod:`qsmbids.cli.multiproc`): a second run on a
+subject that another run holds in the same work folder is refused (73); SIGTERM and SIGINT stop every process of the
+run and exit 143/130 with one line; a full disk in a worker ends the run instead of hanging nipype's MultiProc.
 """
 
 from __future__ import annotations
@@ -350,7 +353,8 @@ def _participant(settings, held: contextlib.ExitStack) -> int:
         raise
     subjects = sorted({r.subject for r in runs})
     try:
-        held.enter_context(lock_subjects(work, subjects))
+        if not (ex.reports_only or ex.boilerplate_only):  # those run no node: nothing in the work folder to guard
+            held.enter_context(lock_subjects(work, subjects))
     except WorkFolderBusy as err:
         if created:
             with contextlib.suppress(OSError):
