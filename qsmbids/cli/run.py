@@ -592,7 +592,8 @@ def _execute(wf, settings, runs, omp: int) -> int:
         write_error = write_error_in(exc, crashes)
         if write_error is not None:
             path, code = write_error
-            path = path or unwritable_folder(code, (Path(settings.execution.output_dir), Path(wf.base_dir)))
+            path = path or unwritable_folder(code, (Path(settings.execution.output_dir), Path(wf.base_dir),
+                                                   Path(tempfile.gettempdir())))
             line = write_error_line(path, code, f"{what}{where}")
             print(f"qsmbids: error: {line}", file=sys.stderr)
             return EX_CANTCREAT
