@@ -15,11 +15,12 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 __all__ = ["WRITE_ERRNOS", "missing_inputs", "remove_monitor_files", "remove_stale_staging", "repair_work_dir",
-           "write_error_in", "write_error_line"]
+           "unwritable_folder", "write_errno_in_text", "write_error_in", "write_error_line"]
 
 LOG = logging.getLogger("qsmbids")
 #: errors that mean "cannot write here" rather than "the software failed": exit 73 with one line
@@ -36,6 +37,23 @@ def write_error_line(path, code: int, context: str = "") -> str:
     what = f"cannot write ({reason})" if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else reason
     return (f"{path}: {what}{context}; nothing half-written was left: free space or fix the permissions, then rerun "
             "with the same -w to resume")
+
+
+def unwritable_folder(code: int, folders: tuple[Path, ...]) -> Path:
+    """The first of ``folders`` where a 1 MB file cannot be written now (the error named no file); else the first.
+
+    A node fails in its work folder or, for a sink, in the output folder; which of them is full or read-only is
+    told by trying."""
+    for folder in folders:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".qsmbids-probe-") as fh:
+                fh.write(b"\0" * (1 << 20))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            if err.errno == code:
+                return folder
+    return folders[0]
 
 
 def repair_work_dir(root: Path) -> int:
@@ -140,10 +158,18 @@ def write_error_in(exc: BaseException, crashes: list[Path]) -> tuple[str | None,
             text = crash.read_text(errors="replace")
         except OSError:
             continue
-        for match in _ERRNO_LINE.finditer(text):
-            code = int(match.group(1))
-            if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                return match.group(2), code
+        found = write_errno_in_text(text)
+        if found is not None:
+            return found
+    return None
+
+
+def write_errno_in_text(text: str, codes=(errno.ENOSPC, errno.EDQUOT, errno.EROFS)) -> tuple[str | None, int] | None:
+    """(path or None, errno) of the first ``OSError: [Errno N] …`` with N in ``codes`` in a traceback's text."""
+    for match in _ERRNO_LINE.finditer(text):
+        code = int(match.group(1))
+        if code in codes:
+            return match.group(2), code
     return None
 
 

@@ -7,10 +7,14 @@ input leaves no half-written derivative behind. Progress: one line per finished 
 Reliability on shared clusters (:mod:`qsmbids.cli.recovery`): derivatives are written atomically, a rerun with the
 same work folder recomputes only what did not finish (after repairing a damaged work folder), and a full disk or a
 read-only folder while running is reported like a refusal (one line, exit 73), not as a crash.
+How a run ends among other processes (:mod:`qsmbids.cli.lifecycle`, :mod:`qsmbids.cli.multiproc`): a second run on a
+subject that another run holds in the same work folder is refused (73); SIGTERM and SIGINT stop every process of the
+run and exit 143/130 with one line; a full disk in a worker ends the run instead of hanging nipype's MultiProc.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -32,12 +36,14 @@ from .exit_codes import (
 )
 from .exit_codes import Refusal as _Refusal
 from .folders import check_folders
+from .lifecycle import Interrupted, WorkFolderBusy, end_children, lock_subjects, stop_on_signals
 from .recovery import (
     WRITE_ERRNOS,
     missing_inputs,
     remove_monitor_files,
     remove_stale_staging,
     repair_work_dir,
+    unwritable_folder,
     write_error_in,
     write_error_line,
 )
@@ -62,6 +68,11 @@ def _main(argv: list[str] | None) -> int:
 
     settings = parse_args(argv)  # usage errors exit 64 inside
     _setup_logging(settings.execution.verbosity)
+    with stop_on_signals():
+        return _level(settings)
+
+
+def _level(settings) -> int:
     try:
         if settings.execution.analysis_level == "participant":
             return participant(settings)
@@ -87,9 +98,12 @@ def _main(argv: list[str] | None) -> int:
         where = err.filename or settings.execution.output_dir
         print(f"qsmbids: error: {write_error_line(where, err.errno)}", file=sys.stderr)
         return EX_CANTCREAT
-    except KeyboardInterrupt:
-        print("qsmbids: interrupted", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as sig:
+        end_children()  # the MultiProc workers, their fork server, and whatever a node started
+        name, code = (sig.name, sig.code) if isinstance(sig, Interrupted) else ("SIGINT", 130)
+        print(f"qsmbids: stopped by {name}; what finished is kept in the work folder: rerun the same command to "
+              "resume", file=sys.stderr)
+        return code
 
 
 def _inside(path, folder) -> bool:
@@ -110,12 +124,24 @@ def _setup_logging(verbosity: int) -> None:
     from nipype import config as ncfg
     from nipype import logging as nlogging
 
-    # at default verbosity a crashed node is reported by qsmbids in one line naming its crash file, so nipype's
-    # own error log (with the traceback) is kept for -v
-    level = {0: "CRITICAL", 1: "INFO"}.get(verbosity, "DEBUG")
-    ncfg.set("logging", "workflow_level", level)
-    ncfg.set("logging", "interface_level", "WARNING" if verbosity < 2 else "DEBUG")
+    for key, level in _nipype_levels(verbosity, worker=False).items():
+        ncfg.set("logging", key, level)
     nlogging.update_logging(ncfg)
+
+
+def _nipype_levels(verbosity: int, *, worker: bool) -> dict[str, str]:
+    """Nipype's logging levels in this process or in a MultiProc worker.
+
+    At default verbosity a crashed node is reported by qsmbids in one line naming its crash file, so nipype's own
+    error log (with the traceback) is kept for -v; workers start from nipype's defaults (a line per node on stdout),
+    and at default verbosity print nothing: progress is qsmbids' one line per finished stage."""
+    levels = {"workflow_level": {0: "CRITICAL", 1: "INFO"}.get(verbosity, "DEBUG"),
+              "interface_level": "WARNING" if verbosity < 2 else "DEBUG"}
+    if worker:
+        levels["utils_level"] = levels["workflow_level"]
+        if verbosity == 0:
+            levels["interface_level"] = "CRITICAL"
+    return levels
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -244,6 +270,15 @@ def _run_dict(run, bids_dir: Path) -> dict:
 
 
 def participant(settings) -> int:
+    with contextlib.ExitStack() as held:  # the work folder's locks of this run's subjects, released on return
+        try:
+            return _participant(settings, held)
+        except (Interrupted, KeyboardInterrupt):
+            end_children()  # before the locks are released
+            raise
+
+
+def _participant(settings, held: contextlib.ExitStack) -> int:
     ex, perf, pr = settings.execution, settings.performance, settings.processing
     t_start = time.perf_counter()
     _check_params(pr)
@@ -258,6 +293,14 @@ def participant(settings) -> int:
             shutil.rmtree(out, ignore_errors=True)  # leave no trace of a run that could not start
         raise
     subjects = sorted({r.subject for r in runs})
+    try:
+        if not (ex.reports_only or ex.boilerplate_only):  # those run no node: nothing in the work folder to guard
+            held.enter_context(lock_subjects(work, subjects))
+    except WorkFolderBusy as err:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: the other run may be writing into it
+        raise _Refusal(EX_CANTCREAT, str(err)) from None
     LOG.info("qsmbids %s: %d run(s) of %d subject(s): %s", __version__, len(runs), len(subjects),
              ", ".join(r.label for r in runs))
     for r in runs:
@@ -318,7 +361,8 @@ def _build_and_run(settings, runs, subjects: list[str], processing: dict, omp: i
 
     write_derivative_description(Path(ex.bids_dir), out, version=__version__)
     write_bidsignore(out)
-    repaired = repair_work_dir(work / wf.name)
+    # only this run's subjects: array jobs on other subjects may be writing into the same work folder
+    repaired = sum(repair_work_dir(work / wf.name / sub_wf.name) for sub_wf in wf._graph.nodes())
     if repaired:
         LOG.info("work folder: %d unusable node result(s) removed (unreadable, or their files are gone); those "
                  "steps are recomputed", repaired)
@@ -469,12 +513,18 @@ def _execute(wf, settings, runs, omp: int) -> int:
         # workers from a fork server, not forked from this process: a process that has already used torch's
         # thread pool (qsmbids called from Python, or a test session) deadlocks in forked children
         plugin_args.setdefault("mp_context", "forkserver")
+        plugin_args["worker_log_levels"] = _nipype_levels(settings.execution.verbosity, worker=True)
     # nipype's resource monitor writes its samples (.proc-<pid>_*) into the current folder of the process that runs
     # a node, and MultiProc workers start in the current folder of this one: keep them in the work folder
     cwd = os.getcwd()
     os.chdir(wf.base_dir)
     try:
-        wf.run(plugin=name, plugin_args=plugin_args)
+        if name == "MultiProc":  # ours: a failed or dead worker never hangs the run, a full disk ends it
+            from .multiproc import QsmbidsMultiProcPlugin
+
+            wf.run(plugin=QsmbidsMultiProcPlugin(plugin_args))  # after chdir: the workers start in its folder
+        else:
+            wf.run(plugin=name, plugin_args=plugin_args)
     except Exception as exc:  # noqa: BLE001 — nipype: "Workflow did not execute cleanly", details in the crash files
         crashes = sorted(Path(settings.execution.output_dir).glob(f"sub-*/log/{settings.execution.run_uuid}/crash*"))
         nodes = sorted({c.name.split("-")[4] for c in crashes if c.name.count("-") >= 5})
@@ -483,7 +533,9 @@ def _execute(wf, settings, runs, omp: int) -> int:
         write_error = write_error_in(exc, crashes)
         if write_error is not None:
             path, code = write_error
-            line = write_error_line(path or settings.execution.output_dir, code, f"{what}{where}")
+            path = path or unwritable_folder(code, (Path(settings.execution.output_dir), Path(wf.base_dir),
+                                                   Path(tempfile.gettempdir())))
+            line = write_error_line(path, code, f"{what}{where}")
             print(f"qsmbids: error: {line}", file=sys.stderr)
             return EX_CANTCREAT
         print(f"qsmbids: error: processing failed{what}{where}", file=sys.stderr)

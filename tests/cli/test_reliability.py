@@ -95,6 +95,38 @@ def _h5_contents(path: Path) -> dict[str, np.ndarray]:
     return found
 
 
+def _still_running(pids, timeout: float = 10.0) -> list[int]:
+    """The pids still running (zombies do not count) after waiting up to ``timeout`` seconds for them to end."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def _session_pids(sid: int) -> list[int]:
+    """The processes of session ``sid`` (a child started with ``start_new_session`` and all it started)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid:
+                found.append(proc.pid)
+        except OSError:
+            continue
+    return found
+
+
 @pytest.fixture
 def dataset(sim_bids, tmp_path):
     ds = tmp_path / "ds"
@@ -341,6 +373,47 @@ def test_sigkill_mid_stage_then_resume(reference):
     for stage in ("load", "mask", "unwrap"):  # finished before the kill: not recomputed
         assert any(f" {stage} done, cached" in ln for ln in again.stdout.splitlines()), again.stdout
     _assert_complete(out)
+    assert not list(out.glob(".qsmbids-sink-*"))
+    assert _assert_same_derivatives(reference["out"], out) >= 16
+
+
+@pytest.mark.slow
+def test_sigterm_mid_stage_leaves_no_process_then_resume(reference):
+    """SIGTERM to the main process only (SLURM's wall-time limit, ``docker stop``) while a stage runs: exit 143 with
+    one line, no process of the run left behind, nothing truncated; the rerun with the same work folder reuses what
+    finished and ends with the derivatives of the uninterrupted run."""
+    import psutil
+
+    assert reference["proc"].returncode == 0
+    base = reference["base"]
+    out, work = base / "out_t", base / "work_t"
+    cmd = [sys.executable, "-m", "qsmbids", str(reference["ds"]), str(out), "participant", "-w", str(work),
+           "--nprocs", "2", "--omp-nthreads", "1", "--skip-bids-validation"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)
+    seen, tree = [], []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if " unwrap done" in line:
+                break
+        tree = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert any(" unwrap done" in ln for ln in seen), "".join(seen)
+    assert proc.returncode == 143 and err.count("\n") == 1 and "stopped by SIGTERM" in err, err
+    assert _still_running(tree) == []
+    assert _still_running(_session_pids(proc.pid)) == []  # all processes the run started are in its session
+    _assert_complete(out)
+
+    again = _qsmbids(*cmd[3:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("load", "mask", "unwrap"):  # finished before the signal: not recomputed
+        assert any(f" {stage} done, cached" in ln for ln in again.stdout.splitlines()), again.stdout
     assert not list(out.glob(".qsmbids-sink-*"))
     assert _assert_same_derivatives(reference["out"], out) >= 16
 
