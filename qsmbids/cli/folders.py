@@ -73,7 +73,7 @@ def _new_folder(parent: Path, taken: Path) -> Path:
 
 
 def _nested(inner: Path, outer: Path) -> bool:
-    return inner == outer or inner.is_relative_to(outer)
+    return inner.is_relative_to(outer)  # also when they are the same folder
 
 
 def check_folders(bids_dir, output_dir, work_dir=None) -> None:

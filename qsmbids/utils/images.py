@@ -75,7 +75,7 @@ def check_geometry(path: str, img) -> list[str]:
         raise _refuse(f"{path}: the affine of the header is singular (a voxel axis of length zero), so neither the "
                       "voxel size nor the B0 direction can be determined; fix the header (sform/qform)")
     warnings = []
-    u = m / norms
+    u = _rotation(m)
     shear = max(math.degrees(math.asin(min(1.0, abs(float(u[:, i] @ u[:, j])))))
                 for i, j in ((0, 1), (0, 2), (1, 2)))
     if shear > max_shear:

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cli.exit_codes import EX_DATAERR
+from ..config import MAX_ECHO_TIME_S
 
 __all__ = ["FIELDS", "GAMMA_BAR_MHZ_T", "TE_MS_THRESHOLD", "echo_times", "field_strength", "sidecar_number"]
 
 GAMMA_BAR_MHZ_T = 42.5774785178
-#: an echo time of this many seconds or more is surely in milliseconds (the longest GRE echoes are ~ 0.1 s)
-TE_MS_THRESHOLD = 0.2
+#: an echo time of this many seconds or more is surely in milliseconds: the threshold of ``--echo-times`` and the
+#: settings (:data:`qsmbids.config.MAX_ECHO_TIME_S`), applied to the sidecars
+TE_MS_THRESHOLD = MAX_ECHO_TIME_S
 #: the strongest human and animal MR magnets are below this (T)
 MAX_FIELD_T = 30.0
 #: MagneticFieldStrength and ImagingFrequency/γ may differ by this fraction before a warning (a 2.89 T "3 T" magnet
