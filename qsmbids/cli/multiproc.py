@@ -13,7 +13,6 @@ further), and stops the workers whenever the run ends early (a crash with ``--st
 from __future__ import annotations
 
 import ctypes
-import errno
 import functools
 import os
 import signal
@@ -24,12 +23,10 @@ from traceback import format_exception
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin, run_node
 
 from .lifecycle import end_processes
-from .recovery import write_errno_in_text
+from .recovery import STOP_ERRNOS, write_errno_in_text
 
 __all__ = ["QsmbidsMultiProcPlugin"]
 
-#: errors that end the whole run at once: every later node would fail the same way
-STOP_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 _PR_SET_PDEATHSIG = 1
 
 

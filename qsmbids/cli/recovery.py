@@ -19,14 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["WRITE_ERRNOS", "missing_inputs", "remove_monitor_files", "remove_stale_staging", "repair_work_dir",
-           "unwritable_folder", "write_errno_in_text", "write_error_in", "write_error_line"]
+__all__ = ["STOP_ERRNOS", "WRITE_ERRNOS", "missing_inputs", "remove_monitor_files", "remove_stale_staging",
+           "repair_work_dir", "unwritable_folder", "write_errno_in_text", "write_error_in", "write_error_line"]
 
 LOG = logging.getLogger("qsmbids")
 #: errors that mean "cannot write here" rather than "the software failed": exit 73 with one line
 WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                  errno.EPERM: "operation not permitted"}
+#: the write errors no rerun can get past until space is freed or the file system is made writable: a node failing
+#: with one of them ends the whole run (every later node would fail the same way)
+STOP_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 #: prefix of the sinks' staging folders (qsmbids.interfaces.bids)
 STAGING_PREFIX = ".qsmbids-sink-"
 
@@ -34,7 +37,7 @@ STAGING_PREFIX = ".qsmbids-sink-"
 def write_error_line(path, code: int, context: str = "") -> str:
     """``<path>: cannot write (no space left on device)...`` for an OSError met while writing."""
     reason = WRITE_ERRNOS.get(code, os.strerror(code))
-    what = f"cannot write ({reason})" if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else reason
+    what = f"cannot write ({reason})" if code in STOP_ERRNOS else reason
     return (f"{path}: {what}{context}; nothing half-written was left: free space or fix the permissions, then rerun "
             "with the same -w to resume")
 
@@ -164,7 +167,7 @@ def write_error_in(exc: BaseException, crashes: list[Path]) -> tuple[str | None,
     return None
 
 
-def write_errno_in_text(text: str, codes=(errno.ENOSPC, errno.EDQUOT, errno.EROFS)) -> tuple[str | None, int] | None:
+def write_errno_in_text(text: str, codes=STOP_ERRNOS) -> tuple[str | None, int] | None:
     """(path or None, errno) of the first ``OSError: [Errno N] …`` with N in ``codes`` in a traceback's text."""
     for match in _ERRNO_LINE.finditer(text):
         code = int(match.group(1))
