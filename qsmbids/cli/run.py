@@ -265,6 +265,7 @@ def _run_dict(run, bids_dir: Path) -> dict:
     return {"name": run.name, "entities": dict(run.entities), "phase": list(run.phase),
             "magnitude": list(run.magnitude), "echo_times": list(run.echo_times),
             "field_strength": run.field_strength, "phase_units": run.phase_units, "warnings": list(run.warnings),
+            "representation": run.representation,
             "truth": dict(run.truth), "sources": sources, "mask_file": run.mask_file,
             "n_voxels": int(shape[0] * shape[1] * shape[2])}
 

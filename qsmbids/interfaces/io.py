@@ -155,6 +155,8 @@ class _LoadInputSpec(BaseInterfaceInputSpec):
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
     field_strength = traits.Float(mandatory=True, desc="B0 (T)")
     phase_units = traits.Str("", usedefault=True, desc="sidecar Units of the phase ('rad', 'arbitrary' or '')")
+    representation = traits.Enum("mag-phase", "real-imag", usedefault=True,
+                                 desc="'real-imag': phase_files hold the real, magnitude_files the imaginary parts")
     b0_direction = traits.Either(traits.Enum("auto"), traits.List(traits.Float, minlen=3, maxlen=3),
                                  default="auto", usedefault=True, desc="'auto' (from the affine) or a vector")
     entities = traits.Dict(desc="BIDS entities of the run")
@@ -188,12 +190,20 @@ class LoadMegre(SimpleInterface):
         t0 = time.perf_counter()
         reset_peak_rss()
         warnings = list(self.inputs.warnings) if isdefined(self.inputs.warnings) else []
-        phase, ref = self._stack(self.inputs.phase_files, is_phase=True)
+        complex_parts = self.inputs.representation == "real-imag"
+        if complex_parts:  # part-real/part-imag: the signal's angle and modulus
+            re_part, ref = self._stack(self.inputs.phase_files, is_phase=False)
+            im_part, _ = self._stack(self.inputs.magnitude_files, is_phase=False)
+            z = re_part.astype(np.complex64) + 1j * im_part.astype(np.complex64)
+            phase, mag_from_complex = np.angle(z).astype(np.float32), np.abs(z).astype(np.float32)
+            del z, re_part, im_part
+        else:
+            phase, ref = self._stack(self.inputs.phase_files, is_phase=True)
         n_bad = int((~np.isfinite(phase)).sum())
         if n_bad:
             warnings.append(f"{n_bad} NaN/Inf phase voxels set to 0 (excluded by the mask)")
             phase = np.where(np.isfinite(phase), phase, 0).astype(np.float32)
-        units = (self.inputs.phase_units or "").lower()
+        units = "rad" if complex_parts else (self.inputs.phase_units or "").lower()
         detected = detect_phase_units(phase)
         lo, hi = float(phase.min()), float(phase.max())
         in_range = (lo >= -math.pi - 1e-3 and hi <= math.pi + 1e-3) or (lo >= -1e-3 and hi <= 2 * math.pi + 1e-3)
@@ -215,7 +225,7 @@ class LoadMegre(SimpleInterface):
 
         has_mag = isdefined(self.inputs.magnitude_files) and len(self.inputs.magnitude_files) > 0
         if has_mag:
-            mag, _ = self._stack(self.inputs.magnitude_files, is_phase=False)
+            mag = mag_from_complex if complex_parts else self._stack(self.inputs.magnitude_files, is_phase=False)[0]
             mag = np.abs(np.where(np.isfinite(mag), mag, 0)).astype(np.float32)
             self._results["magnitude"] = save_nifti(mag, ref, "magnitude.nii")
 
@@ -237,6 +247,7 @@ class LoadMegre(SimpleInterface):
             "b0_direction": list(b0), "b0_angle_deg": angle, "obliquity_deg": obliquity,
             "voxel_size_mm": list(vs), "shape": list(scaled.shape[:3]), "n_echoes": int(scaled.shape[3]),
             "phase_units": detected, "phase_units_sidecar": units or None, "has_magnitude": has_mag,
+            "representation": self.inputs.representation,
             "sources": list(self.inputs.sources) if isdefined(self.inputs.sources) else [],
         }
         info["peak_memory_gb"] = peak_memory_gb(runtime)

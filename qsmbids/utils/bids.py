@@ -52,7 +52,12 @@ class InputError(Exception):
 
 @dataclass(frozen=True)
 class MegreRun:
-    """One multi-echo GRE run: file paths per echo, echo times (s) and field strength (T)."""
+    """One multi-echo GRE run: file paths per echo, echo times (s) and field strength (T).
+
+    ``representation`` ``"mag-phase"`` (``part-mag``/``part-phase``) or ``"real-imag"`` (``part-real``/``part-imag``,
+    as some scanners and converters write them): then ``phase`` holds the real and ``magnitude`` the imaginary
+    parts, and the load stage turns them into magnitude and phase.
+    """
 
     entities: dict[str, str]
     phase: tuple[str, ...]
@@ -63,6 +68,7 @@ class MegreRun:
     truth: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     mask_file: str | None = None  # the user's brain mask (--derivatives), checked to be on the run's grid
+    representation: str = "mag-phase"
 
     @property
     def subject(self) -> str:
@@ -197,13 +203,16 @@ def collect_runs(
         query["session"] = sessions
     try:
         files = layout.get(suffix="MEGRE", **query) + layout.get(suffix="T2starw", **query)
+        real = layout.get(suffix="MEGRE", **{**query, "part": "real"})
     except Exception as err:  # noqa: BLE001
         raise InputError(EX_NO_MATCH, f"--bids-filter-file: invalid filter ({err})") from None
+    files += _real_only(files, real)
     if not files:
         what = " ".join(filter(None, [
             "sub-" + ",".join(subjects) if subjects else "", "ses-" + ",".join(sessions) if sessions else "",
             json.dumps(filters) if filters else ""]))
-        raise InputError(EX_NO_MATCH, f"{bids_dir}: no multi-echo GRE phase images (anat/*_part-phase_MEGRE.nii[.gz])"
+        raise InputError(EX_NO_MATCH, f"{bids_dir}: no multi-echo GRE phase images (anat/*_part-phase_MEGRE.nii[.gz] "
+                                      "or *_part-real_MEGRE with *_part-imag_MEGRE)"
                                       + (f" match {what}" if what else " found"))
     groups: dict[tuple, list] = defaultdict(list)
     for f in files:
@@ -239,6 +248,8 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
 
     entities = {k: v for k, v in zip(ENTITY_ORDER, key[:-1], strict=True) if v is not None}
     suffix = key[-1]
+    complex_parts = phase_files[0].get_entities().get("part") == "real"
+    partner = ["imag"] if complex_parts else ["mag", "magnitude"]
     echoes = [f.get_entities().get("echo") for f in phase_files]
     first = phase_files[0].path
     _refuse_duplicates([f.path for f in phase_files], echoes)
@@ -252,11 +263,15 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
         ents = {k: v for k, v in f.get_entities().items() if k not in ("part", "extension")}
         # an entity the phase file lacks must be absent from its magnitude too (pybids: absent = no constraint)
         absent = {k: Query.NONE for k in (*ENTITY_ORDER, "echo") if k not in ents}
-        hits = [m for m in layout.get(**{**ents, **absent, "part": ["mag", "magnitude"]},
+        hits = [m for m in layout.get(**{**ents, **absent, "part": partner},
                                       extension=[".nii", ".nii.gz"])]
         _refuse_duplicates([m.path for m in hits], [m.get_entities().get("part") for m in hits])
         mags.append(hits[0].path if hits else None)
     have = [m is not None for m in mags]
+    if complex_parts and not all(have):
+        missing = [p.path for p, h in zip(phase_files, have, strict=True) if not h]
+        raise InputError(EX_DATAERR, f"{missing[0]}: no matching part-imag image (a part-real image needs its "
+                                     "imaginary part)")
     if not any(have):
         _refuse_mixed_magnitude(layout, phase_files[0])
     if any(have) and not all(have):
@@ -316,7 +331,8 @@ def _make_run(layout, key, phase_files, *, echo_times, field_strength, need_magn
     warnings += notes
     return MegreRun(entities={**entities, "suffix": suffix} if suffix != "MEGRE" else entities,
                     phase=phase_paths, magnitude=tuple(m for m in mags if m), echo_times=tes,
-                    field_strength=b0, phase_units=meta.get("Units"), warnings=tuple(warnings))
+                    field_strength=b0, phase_units=None if complex_parts else meta.get("Units"),
+                    warnings=tuple(warnings), representation="real-imag" if complex_parts else "mag-phase")
 
 
 def _refuse_duplicates(paths: list[str], keys: list) -> None:
@@ -342,6 +358,15 @@ def _header_notes(headers: list[tuple[str, Any]], phase_paths: tuple[str, ...]) 
             files.setdefault(problem, []).append(name)
     return [f"{names[0]}{f' (+{len(names) - 1} more)' if len(names) > 1 else ''}: {problem}"
             for problem, names in files.items()]
+
+
+def _real_only(phase_files, real_files) -> list:
+    """``part-real`` images of runs that have no ``part-phase`` image (a run with both is read as magnitude/phase)."""
+    def key(f):
+        ents = f.get_entities()
+        return tuple(str(ents.get(k)) for k in (*ENTITY_ORDER, "echo"))
+    have = {key(f) for f in phase_files}
+    return [f for f in real_files if key(f) not in have]
 
 
 def _refuse_mixed_magnitude(layout, phase_file) -> None:

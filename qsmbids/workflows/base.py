@@ -162,6 +162,7 @@ def init_single_run_wf(*, run: dict[str, Any], output_dir: str, bids_root: str, 
     load = pe.Node(LoadMegre(phase_files=list(run["phase"]), magnitude_files=list(run["magnitude"]),
                              echo_times=list(run["echo_times"]), field_strength=run["field_strength"],
                              phase_units=run.get("phase_units") or "", entities=dict(run["entities"]),
+                             representation=run.get("representation", "mag-phase"),
                              sources=list(run.get("sources", [])), warnings=list(run.get("warnings", []))),
                    name="load", mem_gb=mem("load"))
     b0 = processing.get("b0_direction", "auto")

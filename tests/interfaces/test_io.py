@@ -285,3 +285,16 @@ def test_sidecar_metadata_with_missing_stages(tmp_path):
     assert out.chimap_meta["MagneticFieldStrength"] == 7.0 and out.chimap_meta["EchoTime"] == [0.004, 0.008]
     assert out.chimap_meta["DipoleInversion"] == {} and out.chimap_meta["Reference"] == {"Value": None}
     assert out.swi_meta["EchoTime"] is None
+
+
+def test_real_imag_become_phase_and_magnitude(tmp_path):
+    rng = np.random.default_rng(2)
+    mags = [rng.uniform(1, 3, SHAPE) for _ in range(2)]
+    phases = [rng.uniform(-np.pi, np.pi, SHAPE) for _ in range(2)]
+    z = [m * np.exp(1j * p) for m, p in zip(mags, phases, strict=True)]
+    out, phase, meta = load(tmp_path, [c.real.astype(np.float32) for c in z],
+                            mags=[c.imag.astype(np.float32) for c in z], representation="real-imag")
+    assert angular_error(phase, np.stack(phases, -1)) < 1e-5
+    mag = np.asanyarray(nib.load(out.magnitude).dataobj)
+    assert np.allclose(mag, np.stack(mags, -1), rtol=1e-5)
+    assert meta["info"]["representation"] == "real-imag" and meta["info"]["phase_units"] == "rad"

@@ -527,3 +527,43 @@ def test_check_data_off_skips_voxel_checks(tmp_path):
     write_nii(files["phase"][0], np.zeros(SHAPE, np.float32))
     assert collect_runs(root, check_data=False)[0].n_echoes == 2
     refused(65, str(files["phase"][0]), "all voxels are zero", bids_dir=root)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# part-real / part-imag (GE-style complex export)
+# ------------------------------------------------------------------------------------------------------------
+def _real_imag_run(root: Path, *, echoes: int = 3, imag: bool = True, with_phase: bool = False) -> None:
+    rng = np.random.default_rng(5)
+    anat = root / "sub-01" / "anat"
+    anat.mkdir(parents=True, exist_ok=True)
+    for e in range(echoes):
+        z = rng.uniform(1, 2, SHAPE) * np.exp(1j * rng.uniform(-np.pi, np.pi, SHAPE))
+        parts = {"real": z.real} | ({"imag": z.imag} if imag else {})
+        if with_phase:
+            parts |= {"phase": np.angle(z), "mag": np.abs(z)}
+        for part, data in parts.items():
+            stem = anat / f"sub-01_echo-{e + 1}_part-{part}_MEGRE"
+            write_nii(Path(f"{stem}.nii.gz"), data.astype(np.float32))
+            write_json(Path(f"{stem}.json"), {"EchoTime": 0.005 * (e + 1), "MagneticFieldStrength": 3.0})
+
+
+def test_real_imag_run_found(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    _real_imag_run(root)
+    (run,) = collect_runs(root)
+    assert run.representation == "real-imag" and run.n_echoes == 3
+    assert all("part-real" in p for p in run.phase) and all("part-imag" in p for p in run.magnitude)
+    assert run.phase_units is None
+
+
+def test_real_without_imag_refused(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    _real_imag_run(root, imag=False)
+    refused(65, "no matching part-imag", bids_dir=root)
+
+
+def test_phase_preferred_over_real_imag(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    _real_imag_run(root, with_phase=True)
+    (run,) = collect_runs(root)
+    assert run.representation == "mag-phase" and all("part-phase" in p for p in run.phase)
