@@ -4,6 +4,7 @@
 
 * ``siemens``: magnitude and phase as two series (phase = magnitude + 1, as the scanner exports them), phase stored
   0…4095 with RescaleSlope 2 and RescaleIntercept −4096 (−4096…4094 ↔ −π…π), ImageType ``…\\M\\ND`` / ``…\\P\\ND``;
+* ``ge``: one series of real and imaginary images (signed), told apart by GE's private image type (0043,102F);
 * ``philips``: one series with both parts, phase stored with a rescale straight to radians (the slope/intercept that
   Philips writes for phase maps), ImageType ``…\\M\\FFE`` / ``…\\P\\FFE``.
 
@@ -30,8 +31,12 @@ def _slice(folder: Path, name: str, pixels: np.ndarray, affine: np.ndarray, k: i
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(folder / name), {}, file_meta=meta, preamble=b"\0" * 128)
+    ge_type = tags.pop("ge_type", None)
     for key, val in {**common, **tags}.items():
         setattr(ds, key, val)
+    if ge_type is not None:
+        ds.add_new((0x0043, 0x0010), "LO", "GEMS_PARM_01")
+        ds.add_new((0x0043, 0x102F), "SS", ge_type)
     ds.SOPClassUID = MR_STORAGE
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
@@ -45,8 +50,9 @@ def _slice(folder: Path, name: str, pixels: np.ndarray, affine: np.ndarray, k: i
     ds.Rows, ds.Columns = pixels.shape[1], pixels.shape[0]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.ascontiguousarray(pixels[:, :, k].T.astype("<u2")).tobytes()
+    signed = bool(pixels.min() < 0)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
+    ds.PixelData = np.ascontiguousarray(pixels[:, :, k].T.astype("<i2" if signed else "<u2")).tobytes()
     ds.save_as(folder / name, enforce_file_format=True)
 
 
@@ -60,7 +66,7 @@ def write_megre(folder: Path, mag: np.ndarray, phase: np.ndarray, affine: np.nda
     now = datetime.datetime(2026, 1, 2, 10, 0, 0)
     common = {"Modality": "MR", "PatientID": patient_id, "PatientName": patient_id, "StudyInstanceUID": study,
               "StudyDate": now.strftime("%Y%m%d"), "StudyTime": "100000", "FrameOfReferenceUID": frame,
-              "Manufacturer": "SIEMENS" if style == "siemens" else "Philips Medical Systems",
+              "Manufacturer": {"siemens": "SIEMENS", "ge": "GE MEDICAL SYSTEMS"}.get(style, "Philips Medical Systems"),
               "MagneticFieldStrength": f"{field_strength:g}", "ImagingFrequency": f"{42.577478518 * field_strength:.6f}",
               "ScanningSequence": "GR", "SequenceVariant": "SP", "MRAcquisitionType": acq_type,
               "RepetitionTime": "30", "FlipAngle": "15", "PatientPosition": "HFS", "ProtocolName": "gre_qsm",
@@ -73,6 +79,11 @@ def write_megre(folder: Path, mag: np.ndarray, phase: np.ndarray, affine: np.nda
         series = [(series_number, "mag", ["ORIGINAL", "PRIMARY", "M", "ND"], mag_u, ("1", "0")),
                   (series_number + 1, "phase", ["ORIGINAL", "PRIMARY", "P", "ND"], stored, ("2", "-4096"))]
         uids = {series_number: generate_uid(), series_number + 1: generate_uid()}
+    elif style == "ge":  # one series of real and imaginary images, told apart by GE's private image type
+        z = mag * np.exp(1j * phase) * (16000.0 / max(float(mag.max()), 1e-12))
+        series = [(series_number, 2, ["ORIGINAL", "PRIMARY", "OTHER"], np.round(z.real), ("1", "0")),
+                  (series_number, 3, ["ORIGINAL", "PRIMARY", "OTHER"], np.round(z.imag), ("1", "0"))]
+        uids = {series_number: generate_uid()}
     else:
         slope = 2 * np.pi / 4095.0
         stored = np.clip(np.round((phase + np.pi) / slope), 0, 4095)
@@ -85,7 +96,10 @@ def write_megre(folder: Path, mag: np.ndarray, phase: np.ndarray, affine: np.nda
         for e in range(n_e):
             for k in range(mag.shape[2]):
                 inst += 1
-                _slice(folder, f"{number:03d}_{part}_e{e + 1}_{k:03d}.dcm", data[..., e], affine, k, common,
+                private, label = {}, part
+                if isinstance(part, int):  # GE: (0043,102F) image type 0 mag, 1 phase, 2 real, 3 imaginary
+                    private, label = {"ge_type": part}, {2: "real", 3: "imag"}[part]
+                _slice(folder, f"{number:03d}_{label}_e{e + 1}_{k:03d}.dcm", data[..., e], affine, k, common,
                        SeriesInstanceUID=uids[number], SeriesNumber=number, ImageType=itype,
                        EchoTime=f"{tes_ms[e]:g}", EchoNumbers=e + 1, InstanceNumber=inst, RescaleSlope=slope_s,
-                       RescaleIntercept=inter_s, RescaleType="US")
+                       RescaleIntercept=inter_s, RescaleType="US", **private)

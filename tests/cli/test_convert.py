@@ -36,7 +36,7 @@ def _canonical(img):
     return can.get_fdata(), can.affine
 
 
-@pytest.mark.parametrize("style,acq", [("siemens", "2D"), ("philips", "3D")])
+@pytest.mark.parametrize("style,acq", [("siemens", "2D"), ("philips", "3D"), ("ge", "2D")])
 def test_synthetic_round_trip(tmp_path, style, acq):
     mag, phase, aff = _synthetic()
     write_megre(tmp_path / "dicom", mag, phase, aff, TES, style=style, acq_type=acq)
