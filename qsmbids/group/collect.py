@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_INVERSION
-from .tables import COLUMN_DOC, STAT_COLUMNS, read_stats_tsv
+from ..reports.tables import COLUMN_DOC, STAT_COLUMNS, read_stats_tsv
 
 __all__ = ["KEY_COLUMNS", "PARTICIPANT_PREFIX", "GroupData", "GroupDataError", "collect_group", "expected_runs",
            "write_summary"]
