@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..exit_codes import EX_DATAERR, InputError
 from ..config import MAX_ECHO_TIME_S
+from ..constants import GAMMA_BAR_MHZ_T
+from ..exit_codes import EX_DATAERR, InputError
 
 __all__ = ["FIELDS", "GAMMA_BAR_MHZ_T", "TE_MS_THRESHOLD", "echo_times", "field_strength", "sidecar_number"]
 
-GAMMA_BAR_MHZ_T = 42.5774785178
 #: an echo time of this many seconds or more is surely in milliseconds: the threshold of ``--echo-times`` and the
 #: settings (:data:`qsmbids.config.MAX_ECHO_TIME_S`), applied to the sidecars
 TE_MS_THRESHOLD = MAX_ECHO_TIME_S
