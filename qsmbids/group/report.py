@@ -10,6 +10,7 @@ from typing import Any
 
 from jinja2 import Environment
 
+from ..files import write_text_atomic
 from ..reports.tables import format_cell
 
 __all__ = ["render_group_report"]
@@ -135,7 +136,4 @@ def render_group_report(data, output_dir: str | os.PathLike, *, covariate: str =
     page = _GROUP.render(version=__version__, groups=groups, runs=data.runs, missing=data.missing,
                          skipped=data.skipped, n_participants=table["participant"].nunique())
     path = out / "group.html"
-    tmp = path.with_name(f".group.html.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, page)
