@@ -1,11 +1,13 @@
 """Writing a file atomically: a bottom leaf of the house (STYLE §1), standard library only, for every floor.
 
 A reader (a second qsmbids process, the group level, a user's ``cat``), or a crash half-way, never sees a half-written
-file: the content goes to a temporary file *in the same folder* (so that the final :func:`os.replace` is a rename
+file: the content goes to a temporary file next to the final one (so that the final :func:`os.replace` is a rename
 within one file system, atomic on POSIX), which is flushed to disk (:func:`os.fsync`) before it replaces the old one.
-The temporary name is hidden and unique (``.<name>.<uuid4>.tmp``), so concurrent writers never share one; it is
-removed when writing fails. It is created like any other output (permissions from the umask, unlike
-:func:`tempfile.mkstemp`'s private 0600) unless ``mode`` is given.
+The temporary file is ``<name>.tmp`` inside a hidden folder of its own, ``.<name>.<uuid4>.tmp/``: unique, so that
+concurrent writers never share one, yet named after the final file, so that what a writer records of its file name
+stays the same (``torch.save`` names its archive after the file: ``unet.pt``). Both are removed when writing fails.
+The file is created like any other output (permissions from the umask, unlike :func:`tempfile.mkstemp`'s private
+0600) unless ``mode`` is given.
 
 >>> import tempfile
 >>> folder = Path(tempfile.mkdtemp())
@@ -17,6 +19,7 @@ removed when writing fails. It is created like any other output (permissions fro
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +38,9 @@ def atomic_path(path: str | os.PathLike, *, mode: int | None = None) -> Iterator
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    stage = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    stage.mkdir()
+    tmp = stage / f"{path.name}.tmp"
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -47,7 +52,7 @@ def atomic_path(path: str | os.PathLike, *, mode: int | None = None) -> Iterator
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str = "utf-8", newline: str | None = None,

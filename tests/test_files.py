@@ -22,7 +22,7 @@ def test_failure_keeps_the_old_file(tmp_path):
     path = tmp_path / "a.pt"
     path.write_text("old")
     with pytest.raises(RuntimeError), atomic_path(path) as tmp:
-        assert tmp.parent == path.parent and tmp.name.startswith(".a.pt.")
+        assert tmp.parent.parent == path.parent and tmp.parent.name.startswith(".a.pt.") and tmp.name == "a.pt.tmp"
         tmp.write_text("half")
         raise RuntimeError("disk full")
     assert path.read_text() == "old"
@@ -38,6 +38,17 @@ def test_mode_and_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(private.stat().st_mode) == 0o600  # as any other output under this umask
     assert stat.S_IMODE(shared.stat().st_mode) == 0o644
+
+
+def test_torch_archive_is_named_after_the_file(tmp_path):
+    """torch.save names the archive inside the file after the file: the bytes do not depend on the temporary name."""
+    torch = pytest.importorskip("torch")
+    saved = []
+    for _ in range(2):
+        with atomic_path(tmp_path / "unet.pt") as tmp:
+            torch.save({"w": torch.arange(3.0)}, tmp)
+        saved.append((tmp_path / "unet.pt").read_bytes())
+    assert saved[0] == saved[1] and b"unet.pt/data.pkl" in saved[0]
 
 
 def test_temporary_names_are_unique(tmp_path):
