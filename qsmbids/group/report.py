@@ -1,5 +1,5 @@
-"""HTML of the group level: the self-contained ``group.html`` (figures inlined as data URIs, inline CSS, no scripts, no network), so that it can be mailed or
-archived alone."""
+"""HTML of the group level: the self-contained ``group.html`` (figures inlined as data URIs, inline CSS, no scripts,
+no network), so that it can be mailed or archived alone. The ROI table of one run is :mod:`qsmbids.reports.tables`."""
 
 from __future__ import annotations
 
@@ -129,7 +129,8 @@ def render_group_report(data, output_dir: str | os.PathLike, *, covariate: str =
             v = pd.to_numeric(r["mean"], errors="coerce").dropna()
             rows.append({"roi": roi, "n": int(v.size), "mean": format_cell(float(v.mean())) if v.size else "n/a",
                          "sd": format_cell(float(v.std(ddof=1))) if v.size > 1 else "n/a",
-                         "min": format_cell(float(v.min())) if v.size else "n/a", "max": format_cell(float(v.max())) if v.size else "n/a",
+                         "min": format_cell(float(v.min())) if v.size else "n/a",
+                         "max": format_cell(float(v.max())) if v.size else "n/a",
                          "voxels": f"{float(r['voxels'].mean()):.0f}"})
         g["summary"] = rows
         groups.append(g)

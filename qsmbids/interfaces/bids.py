@@ -36,7 +36,8 @@ from nipype.interfaces.base import Directory, isdefined, traits
 __all__ = ["BIDS_CONFIG", "DISMISSED_ENTITIES", "TEMPLATEFLOW_ENV", "DerivativesDataSink", "bids_uri"]
 
 #: qsmbids never uses TemplateFlow, but niworkflows' sink asks it for its template list when imported: pointed at
-#: this empty home with auto-update off it answers at once, never indexes, writes or downloads (data/templateflow/README)
+#: this empty home with auto-update off it answers at once, never indexes, writes or downloads anything
+#: (data/templateflow/README)
 TEMPLATEFLOW_ENV: dict[str, str] = {
     "TEMPLATEFLOW_HOME": str(resources.files("qsmbids").joinpath("data", "templateflow")),
     "TEMPLATEFLOW_AUTOUPDATE": "0",

@@ -135,7 +135,8 @@ def test_import_leaves_the_environment_alone(tmp_path):
             "before = dict(os.environ); import qsmbids.interfaces.bids as b; import templateflow.conf as c; "
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
             "assert str(c.TF_HOME) == b.TEMPLATEFLOW_ENV['TEMPLATEFLOW_HOME'], c.TF_HOME; "
-            "assert c.TF_AUTOUPDATE is False; print(sorted(p.name for p in c.TF_HOME.iterdir()))")
+            "assert c.TF_AUTOUPDATE is False; "
+            "print(sorted(p.name for p in c.TF_HOME.iterdir()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['README']"
