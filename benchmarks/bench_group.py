@@ -54,7 +54,7 @@ def bench_group(tmp: Path, repeats: int) -> dict:
 
     from qsmbids.cli.group import group
     from qsmbids.config import ExecutionSettings, Settings
-    from qsmbids.group.tables import roi_statistics, stats_sidecar, write_stats_tsv
+    from qsmbids.reports.tables import roi_statistics, stats_sidecar, write_stats_tsv
 
     raw, out = tmp / "raw", tmp / "out"
     names = {i: f"Region_{i}" for i in range(1, 15)}

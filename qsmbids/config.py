@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import __version__
+from .files import write_text_atomic
 
 # Copies of the qsmbids.qsm tuples (tests/test_config.py asserts they are equal).
 #: deepbet (qsmbids.deep.brain.BRAIN_EXTRACTION_METHODS) followed by qsm.mask.MASK_METHODS
@@ -409,13 +410,8 @@ class Settings:
         filters = data["execution"].get("bids_filters")
         if filters is not None:
             data["execution"]["bids_filters"] = json.dumps(filters, sort_keys=True)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"# qsmbids {self.execution.version} settings of run {self.execution.run_uuid}\n"
-                       + tomli_w.dumps(_plain(data, keep_none=False)))
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, f"# qsmbids {self.execution.version} settings of run {self.execution.run_uuid}\n"
+                                 + tomli_w.dumps(_plain(data, keep_none=False)))
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> Settings:

@@ -1,19 +1,14 @@
-"""Exit codes of the qsmbids commands (BIDS-Apps execution spec and BSD sysexits)."""
+"""Exit codes of the qsmbids commands: kept here for the command line, defined once in :mod:`qsmbids.exit_codes`."""
 
-EX_OK = 0
-EX_VALIDATION = 16  # BIDS validation failed
-EX_UNKNOWN_LEVEL = 17  # analysis level not known
-EX_NO_MATCH = 18  # no input matched the filters
-EX_USAGE = 64  # command-line usage error
-EX_DATAERR = 65  # bad input data
-EX_NOINPUT = 66  # input missing
-EX_SOFTWARE = 70  # internal error
-EX_CANTCREAT = 73  # cannot create output
-
-
-class Refusal(Exception):
-    """A run refused before (or instead of) processing: ``code`` is the exit code, the message its one line."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
+from ..exit_codes import (  # noqa: F401 - the public names of this module
+    EX_CANTCREAT,
+    EX_DATAERR,
+    EX_NO_MATCH,
+    EX_NOINPUT,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_UNKNOWN_LEVEL,
+    EX_USAGE,
+    EX_VALIDATION,
+    Refusal,
+)

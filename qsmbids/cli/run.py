@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import RUN_STAGES
+from ..files import write_text_atomic
 from .exit_codes import (
     EX_CANTCREAT,
     EX_DATAERR,
@@ -339,9 +340,11 @@ def _participant(settings, held: contextlib.ExitStack) -> int:
 
 def _build_and_run(settings, runs, subjects: list[str], processing: dict, omp: int, device: str,
                    t_start: float) -> int:
+    from ..interfaces.bids import TEMPLATEFLOW_ENV
     from ..utils.derivatives import write_bidsignore, write_derivative_description
     from ..workflows.base import init_qsmbids_wf
 
+    os.environ.update(TEMPLATEFLOW_ENV)  # the run's nodes (and any process they start) never reach TemplateFlow
     ex = settings.execution
     out, work = Path(ex.output_dir), Path(ex.work_dir)
     wf = init_qsmbids_wf(runs=[_run_dict(r, Path(ex.bids_dir)) for r in runs], output_dir=str(out),
@@ -427,14 +430,8 @@ def _write_boilerplate(wf, out: Path) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     text = "# Methods\n\n" + wf.visit_desc().strip() + "\n"
     bib = files("qsmbids").joinpath("data/boilerplate.bib").read_text()
-    _atomic_write(logs / "CITATION.md", text)
-    _atomic_write(logs / "CITATION.bib", bib)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(logs / "CITATION.md", text)
+    write_text_atomic(logs / "CITATION.bib", bib)
 
 
 def _configure_nipype(settings) -> None:

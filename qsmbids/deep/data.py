@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..files import atomic_path
 from ..qsm.fourier import crop, dipole_kernel, pad, padded_shape
 
 __all__ = [
@@ -327,10 +328,8 @@ def _load_head(seed: int, lesions: bool, voxel_size: float, cache_dir: str | Non
     labels = np.ascontiguousarray(h.labels[sl], dtype=np.int16)
     mask = np.ascontiguousarray(h.brain_mask[sl], dtype=bool)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + f".{np.random.default_rng().integers(1 << 30)}.tmp.npz")
-        np.savez(tmp, chi=chi, labels=labels, mask=mask)
-        tmp.replace(path)
+        with atomic_path(path) as tmp, open(tmp, "xb") as fh:  # a file object: np.savez would append ".npz"
+            np.savez(fh, chi=chi, labels=labels, mask=mask)
     return _Head(chi, labels, mask)
 
 

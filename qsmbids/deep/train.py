@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import atomic_path, write_text_atomic
 from .data import TrainingStream, validation_set
 
 __all__ = [
@@ -165,22 +166,17 @@ def _hardware(device: torch.device) -> dict:
 
 
 def _write_metrics(out_dir: Path, rows: list[dict], settings: dict) -> None:
-    tmp = out_dir / (METRICS_CSV + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(out_dir / METRICS_CSV) as tmp, open(tmp, "x", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=_COLUMNS)
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r[k]) for k in _COLUMNS})
-    os.replace(tmp, out_dir / METRICS_CSV)
-    tmp = out_dir / (METRICS_JSON + ".tmp")
-    tmp.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
-    os.replace(tmp, out_dir / METRICS_JSON)
+    write_text_atomic(out_dir / METRICS_JSON, json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _jsonable(x):

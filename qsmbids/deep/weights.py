@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ..files import atomic_path
+
 __all__ = [
     "WEIGHTS_DIR",
     "WeightsError",
@@ -132,9 +134,8 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike, card: dict[str
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     stored, dtype = _to_fp16_if_lossless(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": _FORMAT, "name": name, "config": config, "dtype": dtype, "state_dict": stored}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": _FORMAT, "name": name, "config": config, "dtype": dtype, "state_dict": stored}, tmp)
     out = dict(card or {})
     out.update({
         "name": name,

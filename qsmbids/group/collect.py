@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_INVERSION
-from .tables import COLUMN_DOC, STAT_COLUMNS, read_stats_tsv
+from ..files import write_text_atomic
+from ..reports.tables import COLUMN_DOC, STAT_COLUMNS, read_stats_tsv
 
 __all__ = ["KEY_COLUMNS", "PARTICIPANT_PREFIX", "GroupData", "GroupDataError", "collect_group", "expected_runs",
            "write_summary"]
@@ -239,19 +240,13 @@ def _why_missing(out: Path, sub: str, key: str) -> str:
     return "no ROI statistics (participant level run with --no-roi, or without magnitude images)"
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_summary(data: GroupData, output_dir: str | os.PathLike) -> tuple[Path, Path]:
     """``group/roi_summary.tsv`` (``n/a`` for missing values) and its JSON sidecar describing every column."""
     folder = Path(output_dir) / "group"
     folder.mkdir(parents=True, exist_ok=True)
     df = data.table()
     tsv, js = folder / "roi_summary.tsv", folder / "roi_summary.json"
-    _atomic(tsv, df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n"))
+    write_text_atomic(tsv, df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n"))
     doc: dict[str, Any] = {c: {"Description": d} for c, d in _KEY_DOC.items()}
     doc["label"] = {"Description": COLUMN_DOC["index"]["Description"]}
     for c in _STAT_VALUES[1:]:
@@ -259,5 +254,5 @@ def write_summary(data: GroupData, output_dir: str | os.PathLike) -> tuple[Path,
     for c in data.participant_columns:
         given = data.participant_meta.get(c)
         doc[c] = dict(given) if isinstance(given, dict) else {"Description": f"{c} (from participants.tsv)"}
-    _atomic(js, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(js, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     return tsv, js

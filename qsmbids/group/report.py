@@ -1,49 +1,21 @@
-"""HTML of regions of interest: the ROI table fragment of a run (participant report) and the self-contained
-``group.html`` (figures inlined as data URIs, inline CSS, no scripts, no network), so that it can be mailed or
-archived alone."""
+"""HTML of the group level: the self-contained ``group.html`` (figures inlined as data URIs, inline CSS, no scripts,
+no network), so that it can be mailed or archived alone. The ROI table of one run is :mod:`qsmbids.reports.tables`."""
 
 from __future__ import annotations
 
 import base64
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment
 
-__all__ = ["render_group_report", "roi_table_html"]
+from ..files import write_text_atomic
+from ..reports.tables import format_cell
+
+__all__ = ["render_group_report"]
 
 _ENV = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-
-
-def _f(v: Any, fmt: str = "{:.4f}") -> str:
-    if isinstance(v, float) and not math.isfinite(v):
-        return "n/a"
-    return fmt.format(v) if isinstance(v, float) else str(v)
-
-
-_ROI_TABLE = _ENV.from_string("""\
-<div class="qsm-roi">
-<table class="qsm-table qsm-rois">
-<caption>Regions of the {{ atlas }} segmentation: susceptibility (ppm, referenced{% if method %}; {{ method }}{% endif %})</caption>
-<thead><tr><th>Region</th><th>Label</th><th>Voxels</th><th>Volume (mm³)</th><th>Coverage</th><th>Mean</th><th>Median</th>\
-<th>SD</th><th>IQR</th><th>P5</th><th>P95</th></tr></thead>
-<tbody>
-{% for r in rows %}<tr{% if r.coverage < 0.5 %} class="qsm-warn"{% endif %}><td>{{ r.name }}</td><td class="num">{{ r.index }}</td>\
-<td class="num">{{ r.voxels }}</td><td class="num">{{ f(r.volume_mm3, "{:.0f}") }}</td><td class="num">{{ f(r.coverage, "{:.2f}") }}</td>\
-{% for k in ("mean", "median", "std", "iqr", "p5", "p95") %}<td class="num">{{ f(r[k]) }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table>
-{% if low %}<p class="qsm-warning">&#9888; {{ low|length }} region{{ "s" if low|length != 1 else "" }} less than half inside the \
-susceptibility map's support (brain mask after background removal): {{ low|join(", ") }}.</p>{% endif %}
-</div>
-""")
-
-
-def roi_table_html(rows: list[dict[str, Any]], *, atlas: str, method: str = "") -> str:
-    """The statistics of one run as an HTML table (regions less than half covered by χ are flagged)."""
-    low = [r["name"] for r in rows if r["coverage"] < 0.5]
-    return _ROI_TABLE.render(rows=rows, atlas=atlas, method=method, f=_f, low=low)
 
 
 _GROUP = _ENV.from_string("""\
@@ -155,16 +127,14 @@ def render_group_report(data, output_dir: str | os.PathLike, *, covariate: str =
         rows = []
         for roi, r in sub.groupby("roi", sort=False):
             v = pd.to_numeric(r["mean"], errors="coerce").dropna()
-            rows.append({"roi": roi, "n": int(v.size), "mean": _f(float(v.mean())) if v.size else "n/a",
-                         "sd": _f(float(v.std(ddof=1))) if v.size > 1 else "n/a",
-                         "min": _f(float(v.min())) if v.size else "n/a", "max": _f(float(v.max())) if v.size else "n/a",
+            rows.append({"roi": roi, "n": int(v.size), "mean": format_cell(float(v.mean())) if v.size else "n/a",
+                         "sd": format_cell(float(v.std(ddof=1))) if v.size > 1 else "n/a",
+                         "min": format_cell(float(v.min())) if v.size else "n/a",
+                         "max": format_cell(float(v.max())) if v.size else "n/a",
                          "voxels": f"{float(r['voxels'].mean()):.0f}"})
         g["summary"] = rows
         groups.append(g)
     page = _GROUP.render(version=__version__, groups=groups, runs=data.runs, missing=data.missing,
                          skipped=data.skipped, n_participants=table["participant"].nunique())
     path = out / "group.html"
-    tmp = path.with_name(f".group.html.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, page)

@@ -22,24 +22,49 @@ or ``Description`` that the stage that made the image may refine. Keywords given
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 from nipype.interfaces.base import Directory, isdefined, traits
 
-# qsmbids never uses TemplateFlow; see data/templateflow/README (must be set before niworkflows is imported)
-os.environ["TEMPLATEFLOW_HOME"] = str(resources.files("qsmbids").joinpath("data", "templateflow"))
-os.environ["TEMPLATEFLOW_AUTOUPDATE"] = "0"
+__all__ = ["BIDS_CONFIG", "DISMISSED_ENTITIES", "TEMPLATEFLOW_ENV", "DerivativesDataSink", "bids_uri"]
 
-from niworkflows.interfaces.bids import DerivativesDataSink as _NiDerivativesDataSink
-from niworkflows.interfaces.bids import _DerivativesDataSinkInputSpec
-from niworkflows.utils.bids import relative_to_root
+#: qsmbids never uses TemplateFlow, but niworkflows' sink asks it for its template list when imported: pointed at
+#: this empty home with auto-update off it answers at once, never indexes, writes or downloads anything
+#: (data/templateflow/README)
+TEMPLATEFLOW_ENV: dict[str, str] = {
+    "TEMPLATEFLOW_HOME": str(resources.files("qsmbids").joinpath("data", "templateflow")),
+    "TEMPLATEFLOW_AUTOUPDATE": "0",
+}
 
-__all__ = ["BIDS_CONFIG", "DISMISSED_ENTITIES", "DerivativesDataSink", "bids_uri"]
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` inside the block, as it was (set or unset) after it."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# TemplateFlow reads its settings once, when niworkflows imports it: set them for that import only, so that importing
+# this module leaves the environment as it was (the command line sets them for its run: qsmbids.cli.run)
+with _environment(TEMPLATEFLOW_ENV):
+    from niworkflows.interfaces.bids import DerivativesDataSink as _NiDerivativesDataSink
+    from niworkflows.interfaces.bids import _DerivativesDataSinkInputSpec
+    from niworkflows.utils.bids import relative_to_root
 
 #: The pybids configuration (entities and ``default_path_patterns``) of qsmbids' outputs.
 BIDS_CONFIG: dict = json.loads(resources.files("qsmbids").joinpath("data", "bids_config.json").read_text())

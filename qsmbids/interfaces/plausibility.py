@@ -232,7 +232,7 @@ class Plausibility(SimpleInterface):
     output_spec = _PlausibilityOutputSpec
 
     def _run_interface(self, runtime):
-        from ..group.tables import read_dseg_tsv
+        from ..reports.tables import read_dseg_tsv
         from .reports import read_stage_metas
 
         i = self.inputs

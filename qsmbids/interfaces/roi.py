@@ -21,7 +21,7 @@ Why this design:
   labels, which threshold and the licence are in ``qsmbids/data/atlas/<name>.json``.
 
 The pure functions (atlas loading, segmentation-folder checks) work without nipype; the statistics and the table
-formats are in :mod:`qsmbids.group.tables`.
+formats are in :mod:`qsmbids.reports.tables`.
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..group.tables import (
+from ..reports.tables import (
     SegmentationError,
     read_dseg_tsv,
     roi_statistics,
+    roi_table_html,
     stats_sidecar,
     write_stats_tsv,
 )
@@ -528,8 +529,6 @@ class RoiStats(SimpleInterface):
         self._results["out_tsv"] = str(write_stats_tsv(rows, cwd / "stats.tsv"))
         self._results["out_meta"] = stats_sidecar(atlas=i.atlas, space=i.space, method=i.method,
                                                   reference=i.reference)
-        from ..group.report import roi_table_html
-
         out = cwd / "roistats.html"
         out.write_text(roi_table_html(rows, atlas=i.atlas, method=i.method), encoding="utf-8")
         self._results["out_report"] = str(out)
@@ -553,7 +552,7 @@ class RoiOverlay(SimpleInterface):
     output_spec = _RoiOverlayOutputSpec
 
     def _run_interface(self, runtime):
-        from ..group.plots import plot_dseg_overlay
+        from ..reports.reportlets import plot_dseg_overlay  # matplotlib: only when the node runs
 
         names = read_dseg_tsv(self.inputs.in_tsv) if isdefined(self.inputs.in_tsv) else {}
         out = os.path.join(runtime.cwd, "roi.svg")

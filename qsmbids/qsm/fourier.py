@@ -42,6 +42,10 @@ __all__ = [
     "ifftn3",
     "convolve",
     "forward_field",
+    "forward_difference",
+    "backward_difference",
+    "forward_difference_into",
+    "backward_difference_into",
     "gradient",
     "divergence",
     "laplacian",
@@ -262,6 +266,36 @@ def gradient_kernels(
     return out[0], out[1], out[2]
 
 
+# Finite differences: the one set of the package (TV, TGV, MEDI and iLSQR build on these). Periodic, like the FFTs,
+# so that they are diagonal in k-space (:func:`gradient_kernels`). ``axis`` is 0..2 of the last three dims.
+def forward_difference(x: Tensor, axis: int, h: float = 1.0) -> Tensor:
+    """Periodic forward difference (x[j + eₐ] − x[j])/h along volume axis ``axis``."""
+    return (torch.roll(x, -1, dims=_DIMS[axis]) - x) / h
+
+
+def backward_difference(x: Tensor, axis: int, h: float = 1.0) -> Tensor:
+    """Periodic backward difference (x[j] − x[j − eₐ])/h along volume axis ``axis``; −adjoint of the forward one."""
+    return (x - torch.roll(x, 1, dims=_DIMS[axis])) / h
+
+
+def forward_difference_into(x: Tensor, axis: int, out: Tensor) -> Tensor:
+    """x[j + eₐ] − x[j] (periodic, unscaled) written into ``out``: no allocation, for the solvers' inner loops."""
+    d = _DIMS[axis]
+    n = x.shape[d]
+    torch.sub(x.narrow(d, 1, n - 1), x.narrow(d, 0, n - 1), out=out.narrow(d, 0, n - 1))
+    torch.sub(x.narrow(d, 0, 1), x.narrow(d, n - 1, 1), out=out.narrow(d, n - 1, 1))
+    return out
+
+
+def backward_difference_into(x: Tensor, axis: int, out: Tensor) -> Tensor:
+    """x[j] − x[j − eₐ] (periodic, unscaled) written into ``out``: no allocation, for the solvers' inner loops."""
+    d = _DIMS[axis]
+    n = x.shape[d]
+    torch.sub(x.narrow(d, 1, n - 1), x.narrow(d, 0, n - 1), out=out.narrow(d, 1, n - 1))
+    torch.sub(x.narrow(d, 0, 1), x.narrow(d, n - 1, 1), out=out.narrow(d, 0, 1))
+    return out
+
+
 def gradient(x: Tensor, voxel_size: Sequence[float]) -> Tensor:
     """Periodic forward differences of the last three dims, divided by the voxel size (1/mm).
 
@@ -269,16 +303,15 @@ def gradient(x: Tensor, voxel_size: Sequence[float]) -> Tensor:
     ``-divergence``.
     """
     vs = check_voxel_size(voxel_size)
-    return torch.stack([(torch.roll(x, -1, dims=d) - x) / h for d, h in zip(_DIMS, vs)], dim=-4)
+    return torch.stack([forward_difference(x, i, h) for i, h in enumerate(vs)], dim=-4)
 
 
 def divergence(g: Tensor, voxel_size: Sequence[float]) -> Tensor:
     """Periodic backward-difference divergence, the negative adjoint of :func:`gradient`."""
     vs = check_voxel_size(voxel_size)
     out = torch.zeros_like(g[..., 0, :, :, :])
-    for i, (d, h) in enumerate(zip(_DIMS, vs)):
-        gi = g[..., i, :, :, :]
-        out = out + (gi - torch.roll(gi, 1, dims=d)) / h
+    for i, h in enumerate(vs):
+        out = out + backward_difference(g[..., i, :, :, :], i, h)
     return out
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..constants import GAMMA_BAR_HZ_T
 from ._utils import as_real, check_positive, numpy_io, to_tensor
 
 __all__ = [
@@ -38,8 +39,8 @@ __all__ = [
     "b0_angle",
 ]
 
-#: γ/2π for ¹H in Hz/T (CODATA 2018).
-GAMMA_BAR: float = 42.5774785178e6
+#: γ/2π for ¹H in Hz/T (CODATA 2018; :data:`qsmbids.constants.GAMMA_BAR_HZ_T`).
+GAMMA_BAR: float = GAMMA_BAR_HZ_T
 #: γ for ¹H in rad/s/T.
 GAMMA: float = 2 * math.pi * GAMMA_BAR
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from jinja2 import Environment
 from markupsafe import Markup
 
+from ..files import write_text_atomic
 from . import REPORTLETS, SECTIONS
 
 __all__ = ["Reportlet", "Run", "collect_errors", "collect_runs", "generate_reports", "render_markdown"]
@@ -212,18 +212,6 @@ def _environment() -> Environment:
     return env
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def generate_reports(
     subject_list: list[str] | tuple[str, ...],
     output_dir: str | os.PathLike,
@@ -253,5 +241,5 @@ def generate_reports(
         n_errors += len(errors)
         page = template.render(subject=label, runs=runs, errors=errors, methods=methods, version=__version__,
                                run_uuid=run_uuid or "n/a")
-        _write_atomic(out / f"sub-{label}.html", page)
+        write_text_atomic(out / f"sub-{label}.html", page, mode=0o644)
     return n_errors

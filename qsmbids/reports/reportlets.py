@@ -20,6 +20,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -32,7 +33,8 @@ from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["MAP_STYLES", "SVG_RC", "MapStyle", "load_ras", "map_window", "plot_accuracy", "plot_map", "plot_mask"]
+__all__ = ["LABEL_COLOURS", "MAP_STYLES", "SVG_RC", "MapStyle", "load_ras", "map_window", "plot_accuracy",
+           "plot_dseg_overlay", "plot_map", "plot_mask", "save_svg", "svg_rc"]
 
 SVG_RC: dict[str, Any] = {
     "svg.hashsalt": "qsmbids",
@@ -43,6 +45,9 @@ SVG_RC: dict[str, Any] = {
 }
 _BACKGROUND = "#1f2a36"  # outside the mask: a dark slate, distinct from any grey level of the maps
 _LETTER = "#ffd54a"
+#: colours of labels (atlas regions) and of participants in the group plots, in order
+LABEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                 "#17becf", "#393b79", "#ad494a", "#637939", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
 
 
 @dataclass(frozen=True)
@@ -192,12 +197,21 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}".replace("-", "\u2212")
 
 
-def _save(fig: Figure, out_file: str | os.PathLike) -> str:
+def save_svg(fig: Figure, out_file: str | os.PathLike) -> str:
     out = os.fspath(out_file)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with rc_context(SVG_RC):
         fig.savefig(out, format="svg", metadata={"Date": None}, facecolor=fig.get_facecolor())
     return os.path.abspath(out)
+
+
+def svg_rc(fn):
+    """Build the figure under the report's rc settings (font sizes, SVG hash salt)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with rc_context(SVG_RC):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -233,7 +247,7 @@ def plot_mask(magnitude: Any, mask: Any, out_file: str | os.PathLike) -> dict[st
                 ax.contour(mplane, levels=[0.5], colors="#ff3b30", linewidths=0.9, extent=extent, origin="lower")
             _decorate(ax, name, letters, float(world[axis]), axis)
         fig.suptitle(f"Brain mask ({int(m.sum())} voxels, {m.sum() * np.prod(zooms) / 1000:.1f} mL)", fontsize=9)
-        out = _save(fig, out_file)
+        out = save_svg(fig, out_file)
     return {"out_file": out, "cuts": cuts, "vmin": lo, "vmax": hi}
 
 
@@ -280,7 +294,7 @@ def plot_map(
         cbar = fig.colorbar(im, ax=list(axes), orientation="horizontal", extend="both", shrink=0.45, aspect=35)
         cbar.set_ticks(ticks, labels=[_fmt(t) for t in ticks])
         cbar.set_label(f"{label} ({units})" if units else label)
-        out = _save(fig, out_file)
+        out = save_svg(fig, out_file)
     return {"out_file": out, "cuts": cuts, "vmin": float(vmin), "vmax": float(vmax)}
 
 
@@ -338,5 +352,46 @@ def plot_accuracy(
         ax.set_title(title)
         ax.grid(True, lw=0.3, color="0.85")
         ax.legend(loc="upper left", fontsize=7, frameon=False)
-        out = _save(fig, out_file)
+        out = save_svg(fig, out_file)
     return {"out_file": out, "slope": slope, "intercept": intercept}
+
+
+@svg_rc
+def plot_dseg_overlay(background: Any, dseg: Any, out_file: str | os.PathLike, *,
+                      names: dict[int, str] | None = None) -> str:
+    """Labels in colour over the (first-echo) magnitude, three planes through the labelled voxels' centre."""
+    bg, zooms, affine = load_ras(background)
+    lab = np.rint(load_ras(dseg)[0]).astype(np.int64)
+    if lab.shape != bg.shape:
+        raise ValueError(f"dseg: expected the background's grid {bg.shape}, got {lab.shape}")
+    present = [int(v) for v in np.unique(lab) if v != 0]
+    colour = {v: LABEL_COLOURS[i % len(LABEL_COLOURS)] for i, v in enumerate(present)}
+    from matplotlib.colors import ListedColormap
+
+    lut = np.zeros(max(present, default=0) + 1, np.int64)
+    for i, v in enumerate(present, start=1):
+        lut[v] = i
+    cmap = ListedColormap(["#000000"] + [colour[v] for v in present]) if present else None
+    cuts = list(_cuts(lab > 0 if present else bg > 0, bg.shape))
+    if present:  # sagittal plane through the largest region (the regions' centre is often between hemispheres)
+        big = max(present, key=lambda v: int((lab == v).sum()))
+        cuts[0] = _cuts(lab == big, bg.shape)[0]
+    box = _bbox(bg > np.percentile(bg[bg > 0], 5) if (bg > 0).any() else None, bg.shape)
+    lo, hi = (np.percentile(bg[bg > 0], [1, 99]) if (bg > 0).any() else (0.0, 1.0))
+    fig, axes = _new_figure(bg, box, zooms, extra_h=0.5)
+    world = _world(affine, cuts)
+    for ax, (name, axis, letters, plane, extent) in zip(axes, _panels(bg, cuts, box, zooms)):
+        ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="none", origin="lower")
+        if present:
+            lp = next(p for n2, a2, _, p, _ in _panels(lab, cuts, box, zooms) if a2 == axis)
+            idx = lut[np.clip(lp, 0, lut.size - 1)]
+            ax.imshow(np.ma.masked_equal(idx, 0), cmap=cmap, vmin=0, vmax=len(present), alpha=0.65,
+                      extent=extent, interpolation="none", origin="lower")
+        _decorate(ax, name, letters, float(world[axis]), axis)
+    if present:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=colour[v], label=(names or {}).get(v, str(v))) for v in present]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(7, len(handles)), fontsize=6,
+                   frameon=False)
+    return save_svg(fig, out_file)

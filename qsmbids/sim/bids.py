@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import __version__
+from ..constants import GAMMA_BAR_MHZ_T
 
 __all__ = [
     "BIDS_VERSION",
@@ -42,7 +43,6 @@ __all__ = [
 ]
 
 BIDS_VERSION = "1.10.0"
-GAMMA_BAR_MHZ = 42.5774785178
 DERIV_NAME = "qsmbids-sim"
 
 
@@ -174,7 +174,7 @@ def write_megre_run(
             "EchoTime": t,
             "EchoNumber": i,
             "MagneticFieldStrength": float(field_strength),
-            "ImagingFrequency": round(GAMMA_BAR_MHZ * float(field_strength), 6),
+            "ImagingFrequency": round(GAMMA_BAR_MHZ_T * float(field_strength), 6),
             "FlipAngle": float(flip_angle_deg),
             "RepetitionTime": float(repetition_time),
             "Manufacturer": "qsmbids-sim",

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cli.exit_codes import EX_DATAERR, EX_NO_MATCH, EX_NOINPUT, EX_VALIDATION
-from .images import check_geometry, check_voxel_size, complex_note
+from ..exit_codes import EX_DATAERR, EX_NO_MATCH, EX_NOINPUT, EX_VALIDATION, InputError
+from .images import _short, check_geometry, check_voxel_size, complex_note
 from .images import check_data as check_voxels
 from .masks import check_user_mask, find_user_mask
 from .sidecars import GAMMA_BAR_MHZ_T, TE_MS_THRESHOLD
@@ -40,14 +40,6 @@ __all__ = ["GAMMA_BAR_MHZ_T", "TE_MS_THRESHOLD", "InputError", "MegreRun", "coll
 
 ENTITY_ORDER = ("subject", "session", "acquisition", "reconstruction", "run")
 SHORT = {"subject": "sub", "session": "ses", "acquisition": "acq", "reconstruction": "rec", "run": "run"}
-
-
-class InputError(Exception):
-    """A refusal of the input: ``code`` is the BIDS-Apps exit code, ``str(err)`` the one-line message."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -407,7 +399,3 @@ def _sidecar(path: str) -> str:
         if p.endswith(ext):
             return p[: -len(ext)] + ".json"
     return p
-
-
-def _short(err: BaseException) -> str:
-    return " ".join(str(err).split())[:160] or type(err).__name__

@@ -2,22 +2,22 @@
 
 Both are rewritten by every participant-level run, and several runs (one per participant, as cluster array jobs
 usually do it) may share one output folder. Each file is therefore written to a temporary name in the same folder
-and moved over the old one with :func:`os.replace`, which is atomic on POSIX file systems: a reader, or a second
-writer, sees either the old or the new complete file, never a half-written one. The content depends only on the
-inputs, so concurrent writers agree and the last one to finish changes nothing.
+and moved over the old one with :func:`os.replace` (:func:`qsmbids.files.write_text_atomic`), which is atomic on
+POSIX file systems: a reader, or a second writer, sees either the old or the new complete file, never a half-written
+one. The content depends only on the inputs, so concurrent writers agree and the last one to finish changes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, metadata
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..files import write_text_atomic
 
 __all__ = [
     "BIDSIGNORE_PATTERNS",
@@ -51,26 +51,6 @@ BIDSIGNORE_PATTERNS: tuple[str, ...] = (
 )
 
 _NAME = "qsmbids"
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and :func:`os.replace`.
-
-    The temporary file is opened with ``open(..., "x")`` so that it gets the permissions the umask allows (as any
-    other output), unlike :func:`tempfile.mkstemp`'s private 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _read_json(path: Path) -> dict:

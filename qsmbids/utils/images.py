@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli.exit_codes import EX_DATAERR
+from ..exit_codes import EX_DATAERR, InputError
 
 __all__ = ["GEOMETRY_TOLERANCE", "MIN_PHASE_VALUES", "VOXEL_MM_RANGE", "as_part", "check_data", "check_geometry",
            "check_voxel_size", "complex_note"]
@@ -37,9 +37,11 @@ MIN_PHASE_VALUES = 16
 
 
 def _refuse(message: str):
-    from .bids import InputError
-
     return InputError(EX_DATAERR, message)
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:160] or type(err).__name__
 
 
 def check_voxel_size(path: str, zooms) -> None:
@@ -142,8 +144,6 @@ def _header_only(path: str, img) -> bool:
 
 def _read(p: str) -> np.ndarray:
     import nibabel as nib
-
-    from .bids import _short
 
     try:
         img = nib.load(p)

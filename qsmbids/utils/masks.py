@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli.exit_codes import EX_DATAERR, EX_NOINPUT
+from ..exit_codes import EX_DATAERR, EX_NOINPUT, InputError
 
 __all__ = ["MASK_VOLUME_ML", "check_user_mask", "find_user_mask", "mask_entities"]
 
@@ -51,7 +51,6 @@ def _same(label: str | None, value) -> bool:
 def find_user_mask(derivatives: Sequence[Path | str], entities: dict[str, str]) -> Path | None:
     """The one brain mask in ``derivatives`` (searched in the order given) for a run with these entities
     (``subject``, ``session``, …); None when no folder has one. Several matches in one folder: ``InputError`` 65."""
-    from .bids import InputError
 
     sub = entities["subject"]
     for root in derivatives:
@@ -81,7 +80,6 @@ def check_user_mask(path: Path | str, reference: Path | str) -> None:
     above zero; else ``InputError`` 65 (66 when it cannot be read at all)."""
     import nibabel as nib
 
-    from .bids import InputError
 
     try:
         img = nib.load(str(path))

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..cli.exit_codes import EX_DATAERR
 from ..config import MAX_ECHO_TIME_S
+from ..constants import GAMMA_BAR_MHZ_T
+from ..exit_codes import EX_DATAERR, InputError
 
 __all__ = ["FIELDS", "GAMMA_BAR_MHZ_T", "TE_MS_THRESHOLD", "echo_times", "field_strength", "sidecar_number"]
 
-GAMMA_BAR_MHZ_T = 42.5774785178
 #: an echo time of this many seconds or more is surely in milliseconds: the threshold of ``--echo-times`` and the
 #: settings (:data:`qsmbids.config.MAX_ECHO_TIME_S`), applied to the sidecars
 TE_MS_THRESHOLD = MAX_ECHO_TIME_S
@@ -58,8 +58,6 @@ _BIDS_UNIT = {"EchoTime": "seconds", "MagneticFieldStrength": "tesla", "ImagingF
 
 
 def _refuse(message: str):
-    from .bids import InputError
-
     return InputError(EX_DATAERR, message)
 
 
@@ -72,7 +70,7 @@ def _shown(value: Any) -> str:
 
 
 def sidecar_number(value: Any, *, sidecar: str, name: str, label: str | None = None) -> float:
-    """``value`` of the sidecar field ``name`` as a float, or :class:`~qsmbids.utils.bids.InputError` (65).
+    """``value`` of the sidecar field ``name`` as a float, or :class:`~qsmbids.exit_codes.InputError` (65).
 
     ``label`` names the value in the message when it is not the whole field (``EchoTime of echo 2``).
 
@@ -81,12 +79,12 @@ def sidecar_number(value: Any, *, sidecar: str, name: str, label: str | None = N
     >>> sidecar_number(True, sidecar="a.json", name="MagneticFieldStrength")
     Traceback (most recent call last):
     ...
-    qsmbids.utils.bids.InputError: a.json: MagneticFieldStrength true is not a field strength in tesla (a JSON \
+    qsmbids.exit_codes.InputError: a.json: MagneticFieldStrength true is not a field strength in tesla (a JSON \
 boolean, not a number); fix the sidecars or give --field-strength in tesla
     >>> sidecar_number(127732436, sidecar="a.json", name="ImagingFrequency")
     Traceback (most recent call last):
     ...
-    qsmbids.utils.bids.InputError: a.json: ImagingFrequency 127732436 looks like Hz; BIDS wants MHz (fix the \
+    qsmbids.exit_codes.InputError: a.json: ImagingFrequency 127732436 looks like Hz; BIDS wants MHz (fix the \
 sidecars or give --field-strength in tesla)
     """
     spec = FIELDS[name]

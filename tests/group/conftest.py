@@ -11,7 +11,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 import numpy as np
 import pytest
 
-from qsmbids.group.tables import roi_statistics, stats_sidecar, write_stats_tsv
+from qsmbids.reports.tables import roi_statistics, stats_sidecar, write_stats_tsv
 
 NAMES = {4: "Left_Thalamus", 6: "Left_Putamen", 7: "Left_Pallidum", 17: "Right_Putamen"}
 AGES = {"01": 30, "02": 50, "03": 70, "04": 40}

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from qsmbids.group.collect import collect_group
-from qsmbids.group.report import render_group_report, roi_table_html
+from qsmbids.group.report import render_group_report
+from qsmbids.reports.tables import roi_table_html
 from tests.reports._browser import browser_unavailable, check_page
 
 from .conftest import make_study

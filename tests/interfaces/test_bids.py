@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -125,3 +126,17 @@ def test_bids_uri_relative_to_root_or_subject(tmp_path):
     f = raw / "sub-02" / "anat" / "sub-02_echo-1_part-mag_MEGRE.nii.gz"
     assert bids_uri(f, raw) == "bids:raw:sub-02/anat/sub-02_echo-1_part-mag_MEGRE.nii.gz"
     assert bids_uri(f, tmp_path / "other") == "bids:raw:sub-02/anat/sub-02_echo-1_part-mag_MEGRE.nii.gz"
+
+
+def test_import_leaves_the_environment_alone(tmp_path):
+    """Importing the sink changes no environment variable, yet TemplateFlow (read once, by niworkflows) got qsmbids'
+    empty home with auto-update off: nothing is indexed, written or downloaded."""
+    code = ("import os; os.environ.pop('TEMPLATEFLOW_HOME', None); os.environ['TEMPLATEFLOW_AUTOUPDATE'] = '1'; "
+            "before = dict(os.environ); import qsmbids.interfaces.bids as b; import templateflow.conf as c; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
+            "assert str(c.TF_HOME) == b.TEMPLATEFLOW_ENV['TEMPLATEFLOW_HOME'], c.TF_HOME; "
+            "assert c.TF_AUTOUPDATE is False; "
+            "print(sorted(p.name for p in c.TF_HOME.iterdir()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['README']"

@@ -10,7 +10,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from qsmbids.group.tables import (
+from qsmbids.reports.tables import (
     STAT_COLUMNS,
     SegmentationError,
     read_dseg_tsv,

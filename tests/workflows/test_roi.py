@@ -14,7 +14,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from qsmbids.group.tables import read_stats_tsv
+from qsmbids.reports.tables import read_stats_tsv
 from qsmbids.utils.derivatives import write_bidsignore, write_derivative_description
 from qsmbids.workflows.base import init_single_run_wf, roi_inputs
 from qsmbids.workflows.roi import init_roi_wf

@@ -19,11 +19,11 @@ tensors in ppm in the training frame (1 mm isotropic, B0 ∥ z); spatial sizes m
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import (
     FIELD_SCALE,
-    MODELS,
     QSMModel,
-    build_model,
     count_parameters,
     model_summary,
     pad_to_multiple,
@@ -48,3 +48,21 @@ __all__ = [
     "model_summary",
     "pad_to_multiple",
 ]
+
+#: name → class of every network: the registry (here, above the modules it lists, so that none imports it)
+_REGISTRY: dict[str, type[QSMModel]] = {"unet": UNet, "xqsm": XQSM, "ir2qsm": IR2QSM, "modl": MoDL, "nsidl": NSIDL}
+MODELS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def build_model(name: str, **config: Any) -> QSMModel:
+    """Instantiate model ``name`` (one of :data:`MODELS`) with the given configuration (defaults otherwise).
+
+    >>> build_model("unet", width=4, depth=2).multiple
+    4
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"model: unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    try:
+        return _REGISTRY[name](**config)
+    except TypeError as exc:  # unknown keyword: make it a clear value error naming the model
+        raise ValueError(f"config: invalid configuration for model {name!r}: {exc}") from None

@@ -1,4 +1,4 @@
-"""The common model interface, input scaling, padding, losses and the model registry.
+"""The common model interface, input scaling, padding and losses (the registry is :mod:`qsmbids.deep.models`).
 
 Every network is a :class:`QSMModel`: it takes the local field (ppm) and the brain mask as (B, 1, X, Y, Z) float32
 tensors in the training frame (1 mm isotropic, B0 along +z, see :mod:`qsmbids.deep.physics`) and returns χ (ppm)
@@ -29,10 +29,8 @@ from ..physics import _check_kernel, dipole_half
 
 __all__ = [
     "FIELD_SCALE",
-    "MODELS",
     "QSMModel",
     "Span",
-    "build_model",
     "channels_last",
     "count_parameters",
     "gradient_difference",
@@ -48,9 +46,6 @@ __all__ = [
 
 FIELD_SCALE: float = 10.0
 """Fixed input/output scale: networks see ``FIELD_SCALE``·field (ppm) and predict ``FIELD_SCALE``·χ (ppm)."""
-
-MODELS: tuple[str, ...] = ("unet", "xqsm", "ir2qsm", "modl", "nsidl")
-
 
 def pad_to_multiple(x: Tensor, m: int) -> tuple[Tensor, tuple]:
     """Zero-pad the last three dims of ``x`` up to multiples of ``m``, data centred; undo with ``y[crop_slices]``.
@@ -267,32 +262,6 @@ class QSMModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}, multiple={self.multiple}"
-
-
-# ----------------------------------------------------------------------------------------------- registry
-def _registry() -> dict[str, type[QSMModel]]:
-    from .ir2qsm import IR2QSM
-    from .modl import MoDL
-    from .nsidl import NSIDL
-    from .unet import UNet
-    from .xqsm import XQSM
-
-    return {"unet": UNet, "xqsm": XQSM, "ir2qsm": IR2QSM, "modl": MoDL, "nsidl": NSIDL}
-
-
-def build_model(name: str, **config: Any) -> QSMModel:
-    """Instantiate model ``name`` (one of :data:`MODELS`) with the given configuration (defaults otherwise).
-
-    >>> build_model("unet", width=4, depth=2).multiple
-    4
-    """
-    registry = _registry()
-    if name not in registry:
-        raise ValueError(f"model: unknown model {name!r}; expected one of {', '.join(MODELS)}")
-    try:
-        return registry[name](**config)
-    except TypeError as exc:  # unknown keyword: make it a clear value error naming the model
-        raise ValueError(f"config: invalid configuration for model {name!r}: {exc}") from None
 
 
 def count_parameters(model: nn.Module) -> int:

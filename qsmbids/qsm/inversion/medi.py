@@ -15,11 +15,10 @@ import torch
 from torch import Tensor
 
 from .._utils import as_real, check_finite, check_positive, check_same_shape, numpy_io
-from ..fourier import gradient, pad, smv_kernel
+from ..fourier import backward_difference_into, forward_difference_into, gradient, pad, smv_kernel
 from ..phase import GAMMA_BAR
 from ._common import SolverInfo, prepare
 from .direct import half_spectrum
-from .tgv import _diff_bwd, _diff_fwd
 
 __all__ = ["PHASE_SCALE_DEFAULT", "edge_mask", "medi"]
 
@@ -45,8 +44,8 @@ def _weighted_laplacian(v: Tensor, V: Tensor, vs: Sequence[float], s1: Tensor, s
     """∇ᵀ(V ⊙ ∇v) = −div(V ⊙ ∇v) with periodic forward differences (1/mm); s1, s2 are scratch volumes."""
     out = torch.zeros_like(v)
     for i in range(3):
-        u = _diff_fwd(v, i, s1).mul_(V[i])
-        out.sub_(_diff_bwd(u, i, s2), alpha=1.0 / vs[i] ** 2)
+        u = forward_difference_into(v, i, s1).mul_(V[i])
+        out.sub_(backward_difference_into(u, i, s2), alpha=1.0 / vs[i] ** 2)
     return out
 
 

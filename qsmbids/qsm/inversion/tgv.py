@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from .._utils import check_positive, numpy_io
+from ..fourier import backward_difference, backward_difference_into, forward_difference, forward_difference_into
 from ._common import SolverInfo, prepare
 
 __all__ = ["erode", "symmetric_divergence", "symmetric_gradient", "tgv"]
 
-_DIMS = (-3, -2, -1)
 #: w is confined to the mask dilated by this many voxels (see tgv()).
 _BAND = 3
 #: Off-diagonal index pairs of the 6-component symmetric tensor storage (xx, yy, zz, xy, xz, yz).
@@ -28,51 +28,12 @@ _OFF = ((0, 1), (0, 2), (1, 2))
 _FULL = ((0, 3, 4), (3, 1, 5), (4, 5, 2))
 
 
-def _fwd(x: Tensor, axis: int, h: float) -> Tensor:
-    """Periodic forward difference along volume axis 0..2, divided by h."""
-    d = _DIMS[axis]
-    return (torch.roll(x, -1, dims=d) - x) / h
-
-
-def _bwd(x: Tensor, axis: int, h: float) -> Tensor:
-    """Periodic backward difference along volume axis 0..2, divided by h."""
-    d = _DIMS[axis]
-    return (x - torch.roll(x, 1, dims=d)) / h
-
-
-def _diff_fwd(x: Tensor, axis: int, out: Tensor) -> Tensor:
-    """Write the periodic forward difference x[i+1] − x[i] along volume axis 0..2 into ``out`` (unscaled)."""
-    d = _DIMS[axis]
-    n = x.shape[d]
-    torch.sub(x.narrow(d, 1, n - 1), x.narrow(d, 0, n - 1), out=out.narrow(d, 0, n - 1))
-    torch.sub(x.narrow(d, 0, 1), x.narrow(d, n - 1, 1), out=out.narrow(d, n - 1, 1))
-    return out
-
-
-def _diff_bwd(x: Tensor, axis: int, out: Tensor) -> Tensor:
-    """Write the periodic backward difference x[i] − x[i−1] along volume axis 0..2 into ``out`` (unscaled)."""
-    d = _DIMS[axis]
-    n = x.shape[d]
-    torch.sub(x.narrow(d, 1, n - 1), x.narrow(d, 0, n - 1), out=out.narrow(d, 1, n - 1))
-    torch.sub(x.narrow(d, 0, 1), x.narrow(d, n - 1, 1), out=out.narrow(d, 0, 1))
-    return out
-
-
 def _pointwise_norm(v: Tensor, out: Tensor) -> Tensor:
     """Euclidean norm over the leading (component) dim, written into ``out`` (faster than a strided reduction)."""
     torch.mul(v[0], v[0], out=out)
     for c in range(1, v.shape[0]):
         out.addcmul_(v[c], v[c])
     return out.sqrt_()
-
-
-def _grad(x: Tensor, vs: Sequence[float]) -> Tensor:
-    return torch.stack([_fwd(x, i, vs[i]) for i in range(3)], dim=-4)
-
-
-def _div(p: Tensor, vs: Sequence[float]) -> Tensor:
-    """Backward-difference divergence: the negative adjoint of :func:`_grad`."""
-    return _bwd(p[..., 0, :, :, :], 0, vs[0]) + _bwd(p[..., 1, :, :, :], 1, vs[1]) + _bwd(p[..., 2, :, :, :], 2, vs[2])
 
 
 def symmetric_gradient(w: Tensor, voxel_size: Sequence[float]) -> Tensor:
@@ -84,9 +45,9 @@ def symmetric_gradient(w: Tensor, voxel_size: Sequence[float]) -> Tensor:
     adjoint is ``−symmetric_divergence``.
     """
     vs = tuple(float(v) for v in voxel_size)
-    comps = [_bwd(w[..., i, :, :, :], i, vs[i]) for i in range(3)]
+    comps = [backward_difference(w[..., i, :, :, :], i, vs[i]) for i in range(3)]
     for i, j in _OFF:
-        comps.append(0.5 * (_bwd(w[..., j, :, :, :], i, vs[i]) + _bwd(w[..., i, :, :, :], j, vs[j])))
+        comps.append(0.5 * (backward_difference(w[..., j, :, :, :], i, vs[i]) + backward_difference(w[..., i, :, :, :], j, vs[j])))
     return torch.stack(comps, dim=-4)
 
 
@@ -98,7 +59,7 @@ def symmetric_divergence(q: Tensor, voxel_size: Sequence[float]) -> Tensor:
     vs = tuple(float(v) for v in voxel_size)
     out = []
     for j in range(3):
-        out.append(sum(_fwd(q[..., _FULL[i][j], :, :, :], i, vs[i]) for i in range(3)))
+        out.append(sum(forward_difference(q[..., _FULL[i][j], :, :, :], i, vs[i]) for i in range(3)))
     return torch.stack(out, dim=-4)
 
 
@@ -253,25 +214,25 @@ def tgv(
         # dual ascent at the extrapolated primal point, then the proximal maps
         y.add_(conv(chi_bar).mul_(md).sub_(fm), alpha=sigma).div_(1.0 + sigma)
         for i in range(3):
-            p[i].add_(_diff_fwd(chi_bar, i, s), alpha=sigma / vs[i])
+            p[i].add_(forward_difference_into(chi_bar, i, s), alpha=sigma / vs[i])
         p.sub_(w_bar, alpha=sigma)
         p.div_(_pointwise_norm(p, s).mul_(1.0 / a1).clamp_(min=1.0))
         for i in range(3):
-            q[i].add_(_diff_bwd(w_bar[i], i, s), alpha=sigma / vs[i])
+            q[i].add_(backward_difference_into(w_bar[i], i, s), alpha=sigma / vs[i])
         for k, (i, j) in enumerate(_OFF, start=3):
-            q[k].add_(_diff_bwd(w_bar[j], i, s), alpha=sigma * r2 / vs[i])
-            q[k].add_(_diff_bwd(w_bar[i], j, s), alpha=sigma * r2 / vs[j])
+            q[k].add_(backward_difference_into(w_bar[j], i, s), alpha=sigma * r2 / vs[i])
+            q[k].add_(backward_difference_into(w_bar[i], j, s), alpha=sigma * r2 / vs[j])
         q.div_(_pointwise_norm(q, s).mul_(1.0 / a0).clamp_(min=1.0))
         # primal descent: χ ← Ω(χ − τ(D∗y − div p)), w ← w + τ(p + div q), then over-relaxation
         t = conv(y)
         for i in range(3):
-            t.sub_(_diff_bwd(p[i], i, s), alpha=1.0 / vs[i])
+            t.sub_(backward_difference_into(p[i], i, s), alpha=1.0 / vs[i])
         chi_new = torch.sub(chi, t, alpha=tau).mul_(omega)
         w_new = torch.add(w, p, alpha=tau)
         for j in range(3):
             for i in range(3):
                 c = 1.0 if i == j else r2
-                w_new[j].add_(_diff_fwd(q[_FULL[i][j]], i, s), alpha=tau * c / vs[i])
+                w_new[j].add_(forward_difference_into(q[_FULL[i][j]], i, s), alpha=tau * c / vs[i])
         chi_bar = torch.lerp(chi, chi_new, 2.0)
         w_new.mul_(band)
         w_bar = torch.lerp(w, w_new, 2.0)

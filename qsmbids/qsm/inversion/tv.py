@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._utils import check_positive, numpy_io
-from ..fourier import laplacian_kernel
+from ..fourier import forward_difference_into, laplacian_kernel
 from ._common import SolverInfo, prepare
 from .direct import RealFFT
 
@@ -36,11 +36,8 @@ def check_iterations(max_iter: int, name: str = "max_iter") -> int:
 
 def diff_into(x: Tensor, out: Tensor) -> Tensor:
     """Raw periodic forward differences x[j + eᵢ] − x[j] of a 3-D ``x``, written into ``out`` (shape (3, *x.shape))."""
-    for i, d in enumerate(_DIMS):
-        n = x.shape[d]
-        o = out[i]
-        torch.sub(x.narrow(d, 1, n - 1), x.narrow(d, 0, n - 1), out=o.narrow(d, 0, n - 1))
-        torch.sub(x.narrow(d, 0, 1), x.narrow(d, n - 1, 1), out=o.narrow(d, n - 1, 1))
+    for i in range(3):
+        forward_difference_into(x, i, out[i])
     return out
 
 

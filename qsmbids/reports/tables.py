@@ -1,7 +1,7 @@
 """The ROI table formats shared by both levels: the per-run statistics TSV (written by the participant level,
-read by the group level) and BIDS ``_dseg.tsv`` label tables.
+read by the group level), BIDS ``_dseg.tsv`` label tables and the run's ROI table in the report (HTML).
 
-Pure numpy/csv so that both ends (nipype interfaces, the group collector) agree on one definition.
+numpy, csv and jinja2 only, so that both ends (nipype interfaces, the group collector) agree on one definition.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COLUMN_DOC", "STAT_COLUMNS", "SegmentationError", "read_dseg_tsv", "read_stats_tsv", "roi_statistics",
-           "stats_sidecar", "write_stats_tsv"]
+__all__ = ["COLUMN_DOC", "STAT_COLUMNS", "SegmentationError", "format_cell", "read_dseg_tsv", "read_stats_tsv",
+           "roi_statistics", "roi_table_html", "stats_sidecar", "write_stats_tsv"]
 
 #: Columns of the per-run statistics TSV, in order.
 STAT_COLUMNS: tuple[str, ...] = ("index", "name", "voxels", "volume_mm3", "coverage", "mean", "median", "std", "iqr",
@@ -153,3 +153,36 @@ def read_stats_tsv(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not rows:
         raise ValueError(f"{path}: no region rows")
     return rows
+
+
+def format_cell(v: Any, fmt: str = "{:.4f}") -> str:
+    """A number as shown in the HTML tables (``n/a`` when not finite); anything else as text."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "n/a"
+    return fmt.format(v) if isinstance(v, float) else str(v)
+
+
+_ROI_TABLE = """\
+<div class="qsm-roi">
+<table class="qsm-table qsm-rois">
+<caption>Regions of the {{ atlas }} segmentation: susceptibility (ppm, referenced{% if method %}; {{ method }}{% endif %})</caption>
+<thead><tr><th>Region</th><th>Label</th><th>Voxels</th><th>Volume (mm³)</th><th>Coverage</th><th>Mean</th><th>Median</th>\
+<th>SD</th><th>IQR</th><th>P5</th><th>P95</th></tr></thead>
+<tbody>
+{% for r in rows %}<tr{% if r.coverage < 0.5 %} class="qsm-warn"{% endif %}><td>{{ r.name }}</td><td class="num">{{ r.index }}</td>\
+<td class="num">{{ r.voxels }}</td><td class="num">{{ f(r.volume_mm3, "{:.0f}") }}</td><td class="num">{{ f(r.coverage, "{:.2f}") }}</td>\
+{% for k in ("mean", "median", "std", "iqr", "p5", "p95") %}<td class="num">{{ f(r[k]) }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+{% if low %}<p class="qsm-warning">&#9888; {{ low|length }} region{{ "s" if low|length != 1 else "" }} less than half inside the \
+susceptibility map's support (brain mask after background removal): {{ low|join(", ") }}.</p>{% endif %}
+</div>
+"""
+
+
+def roi_table_html(rows: list[dict[str, Any]], *, atlas: str, method: str = "") -> str:
+    """The statistics of one run as an HTML table (regions less than half covered by χ are flagged)."""
+    low = [r["name"] for r in rows if r["coverage"] < 0.5]
+    from jinja2 import Environment  # only when a report is written
+
+    template = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(_ROI_TABLE)
+    return template.render(rows=rows, atlas=atlas, method=method, f=format_cell, low=low)
