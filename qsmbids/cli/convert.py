@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..utils.bids import InputError
+from ..exit_codes import InputError
 from ..utils.dicom import Run, check_series, pair_series, run_parts, sanitise, scan, select
 from .exit_codes import EX_CANTCREAT, EX_DATAERR, EX_NO_MATCH, EX_NOINPUT, EX_SOFTWARE, EX_USAGE
 

@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bids import EX_DATAERR, InputError
+from ..exit_codes import EX_DATAERR, InputError
 
 PARTS = ("mag", "phase", "real", "imag")
 _GE_PART = {0: "mag", 1: "phase", 2: "real", 3: "imag"}
