@@ -75,6 +75,7 @@ RANGES: dict[str, Range] = {
     "edge_percentage": Range(0, 3),
     "quality_threshold": Range(0, 1, hi_open=True),
     "tkd_threshold": _POS,
+    "noise_std": _POS,
     "phase_sign": Range(choices=(-1, 1)),
     "axis": Range(choices=(0, 1, 2)),
 }
@@ -86,7 +87,10 @@ FUNCTION_RANGES: dict[str, dict[str, Range]] = {
                  "regulariser": Range(choices=("identity", "gradient"))},
     "vsharp": {"threshold": _FRACTION},
     "sharp": {"threshold": _FRACTION},
-    **{fn: {"tol": _POS} for fn in ("resharp", "pdf", "lbv", "ilsqr")},
+    **{fn: {"tol": _POS} for fn in ("resharp", "pdf", "lbv")},
+    # the discrepancy principle (noise of the echo fit): λ of MEDI and TV, the LSQR iteration count of iLSQR
+    **{fn: {"lambda_": Range(0, lo_open=True, choices=("discrepancy",))} for fn in ("medi", "tv")},
+    "ilsqr": {"tol": _POS, "max_iter": Range(1, choices=("discrepancy",))},
     "deepbet_mask": {"threshold": _FRACTION},
     "tgv": {"alpha": Range(0, lo_open=True, count=2)},
     "combine_echoes": {"offset": Range(choices=("mcpc3ds", "none")),

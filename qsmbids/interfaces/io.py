@@ -304,6 +304,13 @@ def _deep_info(record: dict | None) -> dict:
     return {"Model": info.get("model"), "WeightsSHA256": info["weights_sha256"], "Device": info.get("device")}
 
 
+def _chosen_regularisation(record: dict | None) -> dict:
+    """``Regularisation`` of the inversion when a rule chose it from the data (L-curve, discrepancy), else nothing."""
+    reg = ((record or {}).get("info") or {}).get("regularisation") or {}
+    rules = [v for k, v in reg.items() if k.endswith("_rule")]
+    return {"Regularisation": reg} if any(r != "fixed" for r in rules) else {}
+
+
 def _mask_info(record: dict | None) -> dict:
     """What made the brain mask: deepbet's version, weight checksums, device and refinement rim, or the user's
     mask file (``--derivatives``)."""
@@ -345,7 +352,8 @@ class SidecarMetadata(SimpleInterface):
             "local_field_meta": {"Units": "ppm", "Description": "local field after background field removal",
                                  **acq, **chain, **bg},
             "chimap_meta": {"Units": "ppm", "Description": "magnetic susceptibility", **acq, **chain, **bg,
-                            "DipoleInversion": {**step("invert"), **_deep_info(stages.get("invert"))},
+                            "DipoleInversion": {**step("invert"), **_deep_info(stages.get("invert")),
+                                                **_chosen_regularisation(stages.get("invert"))},
                             "Reference": {**step("reference"),
                                           "Value": ref.get("info", {}).get("reference_ppm")}},
             "r2star_meta": {"Units": "1/s", "Description": "R2*", "EchoTime": load["echo_times_s"],

@@ -371,6 +371,11 @@ class _InvInputSpec(_StageInputSpec):
     field = File(exists=True, mandatory=True, desc="local field (ppm)")
     mask = File(exists=True, mandatory=True)
     magnitude = File(exists=True, desc="4-D magnitude (MEDI edge weights)")
+    noise = File(exists=True, desc="standard deviation of the total field (Hz) from the echo fit (discrepancy rule)")
+
+
+#: ``--param`` values that ask for the discrepancy principle, and the keyword that holds them per method
+DISCREPANCY_KEYS = ("lambda_", "max_iter")
 
 
 class DipoleInversion(_Stage):
@@ -392,21 +397,48 @@ class DipoleInversion(_Stage):
                 raise ValueError("MEDI needs the magnitude images")
             mag = load_nifti(self.inputs.magnitude)[0][box]
             params["magnitude"] = self._tensor(np.sqrt((mag.reshape(*mag.shape[:3], -1) ** 2).sum(-1)))
+        if "noise_std" not in params and any(str(params.get(k, "")).lower() == "discrepancy"
+                                             for k in DISCREPANCY_KEYS):
+            sd = self._noise_ppm(mask)
+            if sd is not None:
+                params["noise_std"] = self._tensor(sd[box])
         chi, info = invert(self._tensor(field[box]), self._tensor(mask[box]), self.voxel_size, self.b0_dir,
                            method=self.inputs.method, return_info=True, **params)
         chi = self._paste(self._np(chi), box, mask.shape) * mask
         self._results["out_file"] = save_nifti(chi, img, "chi_ppm.nii")
         out = {"iterations": info.iterations, "converged": info.converged, "fft_pairs": info.fft_pairs}
         # the regularisation actually used (a value chosen from the data, e.g. by the L-curve, is only known here)
-        out["regularisation"] = {k: info.params[k] for k in ("lambda_", "lambda_rule", "threshold", "threshold_rule",
-                                                             "alpha", "delta", "max_iter", "erosions")
-                                 if k in info.params}
+        out["regularisation"] = {k: info.params[k] for k in REGULARISATION_KEYS if k in info.params}
         if info.residual is not None:
             out["residual"] = float(info.residual)
         if info.converged is False:
             self._warnings.append(f"{self.inputs.method} stopped after {info.iterations} iterations without "
                                   "reaching its tolerance")
         return out
+
+    def _noise_ppm(self, mask: np.ndarray) -> np.ndarray | None:
+        """The echo fit's noise map in ppm for the discrepancy rule, or None (then the solver estimates σ).
+
+        A single echo leaves the fit no residual to scale its noise by (it is then in units of the magnitude
+        noise), so the map is used from two echoes on; voxels without a finite positive value get the median.
+        """
+        from ..qsm.phase import hz_to_ppm
+
+        if not isdefined(self.inputs.noise) or len(self.echo_times) < 2:
+            return None
+        hz = np.asarray(load_nifti(self.inputs.noise)[0], dtype=np.float64)
+        good = mask & np.isfinite(hz) & (hz > 0)
+        if not good.any():
+            self._warnings.append("the echo fit's noise map is empty in the mask: the field noise was estimated")
+            return None
+        hz = np.where(good, hz, np.median(hz[good]))
+        return np.asarray(self._np(hz_to_ppm(self._tensor(hz.astype(np.float32)), self.field_strength)))
+
+
+#: The entries of the stage record's ``regularisation`` (and of the sidecar's, for a value chosen from the data).
+REGULARISATION_KEYS = ("lambda_", "lambda_rule", "threshold", "threshold_rule", "alpha", "delta", "max_iter",
+                       "max_iter_rule", "erosions", "noise_sigma", "noise_source", "discrepancy_target",
+                       "discrepancy_misfit")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -204,6 +204,8 @@ def init_single_run_wf(*, run: dict[str, Any], output_dir: str, bids_root: str, 
                                   ("outputnode.out_mask", "inputnode.mask")]),
         (load, reference_wf, [("out_meta", "inputnode.in_meta")]),
         (invert_wf, reference_wf, [("outputnode.out_file", "inputnode.chi")]),
+        *([(combine_wf, invert_wf, [("outputnode.noise", "inputnode.noise")])]
+          if stages.uses_noise_map(processing["inversion"], p("inversion", processing["inversion"])) else []),
         (bgremove_wf, reference_wf, [("outputnode.out_mask", "inputnode.mask")]),
     ])
     if has_mag:

@@ -20,6 +20,7 @@ __all__ = [
     "init_bgremove_wf",
     "init_combine_wf",
     "init_invert_wf",
+    "uses_noise_map",
     "init_mask_wf",
     "init_reference_wf",
     "init_relax_wf",
@@ -169,7 +170,7 @@ def init_combine_wf(*, method: str, params: dict | None = None, has_magnitude: b
         desc = f"The total field (Hz) was estimated from the {n_echoes} echoes by {_text('combine', method)}. "
     else:
         desc = "The total field (Hz) was computed from the single echo as φ/(2π·TE). "
-    wf = _stage_wf(name, combine, inputs, ["out_file", "meta"], desc)
+    wf = _stage_wf(name, combine, inputs, ["out_file", "meta", "noise"], desc)
     return wf
 
 
@@ -190,6 +191,12 @@ def init_bgremove_wf(*, method: str, params: dict | None = None, omp_nthreads: i
     return wf
 
 
+def uses_noise_map(method: str, params: dict | None) -> bool:
+    """Whether the inversion takes the echo fit's noise map: a discrepancy-principle parameter asks for it."""
+    return method not in DEEP_TEXT and any(str((params or {}).get(k, "")).lower() == "discrepancy"
+                                           for k in iq.DISCREPANCY_KEYS)
+
+
 def init_invert_wf(*, method: str, params: dict | None = None, has_magnitude: bool = True, omp_nthreads: int = 1,
                    mem_gb: float = 2.0, device: str = "cpu", name: str = "invert_wf") -> Workflow:
     """Dipole inversion, local field (ppm) → susceptibility (ppm); deep models run through
@@ -208,8 +215,13 @@ def init_invert_wf(*, method: str, params: dict | None = None, has_magnitude: bo
     invert = _node(iq.DipoleInversion, "invert", method=method, params=params, omp_nthreads=omp_nthreads,
                    mem_gb=mem_gb, device=device)
     inputs = ["in_meta", "field", "mask"] + (["magnitude"] if has_magnitude and method == "medi" else [])
+    inputs += ["noise"] if uses_noise_map(method, params) else []
     desc = (f"Susceptibility was computed from the local field by {_text('invert', method)}{_params_text(params)}"
             ", using the dipole kernel for the B0 direction found in the image orientation. ")
+    if any(str(params.get(k, "")).lower() == "discrepancy" for k in iq.DISCREPANCY_KEYS):
+        desc += ("The regularisation was chosen by the discrepancy principle [@morozov1966]: the data misfit of the "
+                 "solution matches the noise of the field, taken from the echo fit (or estimated from the field "
+                 "with a single echo). ")
     return _stage_wf(name, invert, inputs, ["out_file", "meta"], desc)
 
 

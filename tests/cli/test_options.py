@@ -41,13 +41,15 @@ def test_every_default_of_every_function_passes(inversion):
     ("medi.lambda_=1000", {}), ("medi.max_iter=5", {}), ("medi.merit=true", {}), ("vsharp.radii=12,10,8", {"bgremove": "vsharp"}),
     ("vsharp.radii=12", {"bgremove": "vsharp"}), ("unwrap.sigma_mm=4,4,2", {}), ("tkd.threshold=auto", {"inversion": "tkd"}),
     ("tgv.alpha=0.002,0.001", {"inversion": "tgv"}), ("swi.phase_sign=1", {}), ("deepbet.threshold=0.3", {}),
+    ("medi.lambda_=discrepancy", {}), ("tv.lambda_=discrepancy", {"inversion": "tv"}),
+    ("ilsqr.max_iter=discrepancy", {"inversion": "ilsqr"}), ("tv.noise_std=0.002", {"inversion": "tv"}),
 ])
 def test_good_values_pass(text, methods):
     _check(text, **methods)
 
 
 @pytest.mark.parametrize("text, methods, message", [
-    ("medi.lambda_=abc", {}, "--param medi.lambda_: expected a number, got 'abc'"),
+    ("medi.lambda_=abc", {}, "--param medi.lambda_: expected one of discrepancy, got 'abc'"),
     ("medi.max_iter=-5", {}, "--param medi.max_iter: expected a value >= 1, got -5"),
     ("medi.max_iter=2.5", {}, "--param medi.max_iter: expected a whole number, got 2.5"),
     ("medi.merit=1", {}, "--param medi.merit: expected true or false, got 1"),
@@ -56,6 +58,9 @@ def test_good_values_pass(text, methods):
     ("bgremove.threshold=1", {"bgremove": "vsharp"}, "--param bgremove.threshold: expected a value in (0, 1), got 1"),
     ("tkd.threshold=0.7", {"inversion": "tkd"}, "expected a value in (0, 0.667), got 0.7"),
     ("tkd.threshold=best", {"inversion": "tkd"}, "expected one of auto, l-curve, got 'best'"),
+    ("tv.lambda_=l-curve", {"inversion": "tv"}, "--param tv.lambda_: expected one of discrepancy, got 'l-curve'"),
+    ("ilsqr.max_iter=0", {"inversion": "ilsqr"}, "--param ilsqr.max_iter: expected a value >= 1, got 0"),
+    ("tv.noise_std=-1", {"inversion": "tv"}, "--param tv.noise_std: expected a value > 0, got -1"),
     ("tgv.alpha=0.002", {"inversion": "tgv"}, "--param tgv.alpha: expected 2 values, got 0.002"),
     ("unwrap.offset=magic", {}, "--param unwrap.offset: expected one of mcpc3ds, none, got 'magic'"),
     ("swi.axis=3", {}, "--param swi.axis: expected one of 0, 1, 2, got 3"),

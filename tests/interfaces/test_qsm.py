@@ -283,3 +283,34 @@ def test_threads_and_device_do_not_enter_the_hash(chain, stage):
     assert make(method="tv").inputs.get_hashval()[1] != base
     assert make(method="rts", params={"max_iter": 3}).inputs.get_hashval()[1] != base
     assert isdefined(make(method="rts").inputs.num_threads)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# discrepancy principle: the echo fit's noise map reaches the inversion; the chosen λ the record and the sidecar
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("method", "params"), [("tv", {"lambda_": "discrepancy"}),
+                                                ("ilsqr", {"max_iter": "discrepancy"})])
+def test_discrepancy_uses_the_noise_map_and_reaches_the_sidecar(chain, method, params):
+    def go(name, **kw):
+        out = chain.go(iq.DipoleInversion(in_meta=chain.load.out_meta, field=chain.bg.out_file, mask=chain.bg.out_mask,
+                                          method=method, params=params, **kw), name)
+        return out.out_meta, read_meta(out.out_meta)
+
+    path, meta = go(f"invert_{method}_discrepancy", noise=chain.combine.noise)
+    reg = meta["info"]["regularisation"]
+    rule = "lambda_rule" if method == "tv" else "max_iter_rule"
+    assert reg[rule] == "discrepancy" and reg["noise_source"] == "noise_std"
+    # σ is the RMS of the echo fit's map (Hz → ppm) over the inversion mask
+    hz = _data(chain.combine.noise)
+    m = _data(chain.bg.out_mask) > 0
+    rms_ppm = float(np.sqrt(np.mean(hz[m].astype(np.float64) ** 2))) / (GAMMA_BAR * 3.0) * 1e6
+    assert reg["noise_sigma"] == pytest.approx(rms_ppm, rel=0.05)
+    assert reg["discrepancy_misfit"] == pytest.approx(reg["discrepancy_target"], rel=0.3)
+    if method == "tv":
+        assert reg["lambda_"] > 0 and reg["lambda_"] != 5e-4
+    sc = chain.go(SidecarMetadata(meta_files=[*chain.metas[:5], path, *chain.metas[6:]]),
+                  f"sidecars_{method}_discrepancy")
+    assert sc.chimap_meta["DipoleInversion"]["Regularisation"] == reg
+    # without the map the noise is estimated from the local field
+    est = go(f"invert_{method}_estimated")[1]["info"]["regularisation"]
+    assert est[rule] == "discrepancy" and est["noise_source"] == "estimated"

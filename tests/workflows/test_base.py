@@ -76,6 +76,29 @@ def test_params_reach_nodes(sim_bids, tmp_path):
     assert "threshold = 0.19" in wf.visit_desc()
 
 
+@pytest.mark.parametrize(("inversion", "params", "wired"), [
+    ("tv", {"tv": {"lambda_": "discrepancy"}}, True), ("ilsqr", {"inversion": {"max_iter": "discrepancy"}}, True),
+    ("medi", {"medi": {"lambda_": "Discrepancy"}}, True), ("medi", {"medi": {"lambda_": 1000}}, False),
+    ("tv", {}, False)])
+def test_discrepancy_wires_the_echo_fit_noise_map(sim_bids, tmp_path, inversion, params, wired):
+    wf = init_qsmbids_wf(runs=_runs(sim_bids), output_dir=str(tmp_path), bids_root=str(sim_bids), run_uuid="x",
+                         processing=_processing(inversion=inversion, params=params))
+    def edges(w):  # (source, destination, connections) of every nested workflow
+        for u, v, d in w._graph.edges(data=True):
+            yield u.name, v.name, d.get("connect", [])
+        for n in w._graph.nodes():
+            if hasattr(n, "_graph"):
+                yield from edges(n)
+
+    noise = [(u, v, c) for u, v, cs in edges(wf) for c in cs if v == "invert_wf" and "noise" in str(c)]
+    assert bool(noise) is wired, noise
+    if wired:
+        assert {u for u, _, _ in noise} == {"combine_wf"}
+        assert {c for _, _, c in noise} == {("outputnode.noise", "inputnode.noise")}
+    text = wf.visit_desc()
+    assert ("discrepancy principle [@morozov1966]" in text) is wired
+
+
 def test_crashdump_per_subject(sim_bids, tmp_path):
     wf = init_qsmbids_wf(runs=_runs(sim_bids), output_dir=str(tmp_path), bids_root=str(sim_bids), run_uuid="U",
                          processing=_processing())

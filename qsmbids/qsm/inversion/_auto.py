@@ -11,7 +11,8 @@
   Biometrika 1994), for the discrepancy principle when no noise map from the echo fit is given.
 * :func:`discrepancy_target`: Morozov's discrepancy principle — the data misfit a regularised solution should have,
   ‖W(D∗χ − f)‖² ≈ Σ_mask W²σ² (Morozov VA. On the solution of functional equations by the method of
-  regularization. Soviet Math Dokl 1966;7:414–417).
+  regularization. Soviet Math Dokl 1966;7:414–417); :func:`discrepancy_search` finds the parameter that meets it
+  for an iterative solver by a bracketed secant search in log λ (a few warm-started solves).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["lcurve_corner", "kspace_lcurve", "estimate_noise", "noise_level", "discrepancy_target"]
+__all__ = ["lcurve_corner", "kspace_lcurve", "estimate_noise", "noise_level", "discrepancy_target",
+           "discrepancy_search", "is_discrepancy"]
 
 #: The rule names recorded in the solver's ``params`` (``lambda_rule``).
 L_CURVE = "l-curve"
@@ -147,3 +149,85 @@ def noise_level(field: Tensor, mask: Tensor, noise_std: Tensor | float | None) -
 def discrepancy_target(sigma: float, n_voxels: int) -> float:
     """Morozov's target for the data misfit norm ‖D∗χ − f‖ inside the mask: √N·σ."""
     return math.sqrt(float(n_voxels)) * float(sigma)
+
+
+def is_discrepancy(value) -> bool:
+    """Whether a parameter value asks for the discrepancy principle (the string ``"discrepancy"``, any case)."""
+    return isinstance(value, str) and value.strip().lower() == DISCREPANCY
+
+
+def discrepancy_search(
+    misfit: Callable[[float], float],
+    target: float,
+    lam0: float,
+    *,
+    increasing: bool,
+    factor: float = 4.0,
+    rtol: float = 0.05,
+    max_solves: int = 6,
+    bounds: tuple[float, float] | None = None,
+) -> tuple[float, list[tuple[float, float]]]:
+    """The λ whose data misfit ``misfit(λ)`` (a solve) is closest to ``target``, by a bracketed secant search.
+
+    ``increasing``: whether the misfit grows with λ (λ on the prior, as TV) or shrinks (λ on the data term, as
+    MEDI). The search works on g(t) = log misfit − log target with t = log λ: from λ0 it steps towards the target
+    (first by ``factor``, each further step 1.5× longer in log λ, clipped to ``bounds``) until g changes sign
+    (bracket), then takes regula-falsi steps (Illinois variant) inside the
+    bracket; it stops when |misfit/target − 1| ≤ ``rtol``, after ``max_solves`` solves, or at ``bounds``
+    (default λ0·[1e-3, 1e3]). Returns the evaluated λ with the misfit nearest the target (its solution is the
+    caller's last or cached one) and the history [(λ, misfit), …] in evaluation order.
+    """
+    if not (math.isfinite(target) and target > 0):
+        raise ValueError(f"discrepancy: expected a positive target misfit, got {target!r}")
+    if not (math.isfinite(lam0) and lam0 > 0):
+        raise ValueError(f"discrepancy: expected a positive starting λ, got {lam0!r}")
+    lo_b, hi_b = bounds if bounds is not None else (lam0 * 1e-3, lam0 * 1e3)
+    t_lo, t_hi = math.log(lo_b), math.log(hi_b)
+    sgn = 1.0 if increasing else -1.0
+    history: list[tuple[float, float]] = []
+    tol = math.log1p(rtol)
+
+    def g_at(t: float) -> float:
+        lam = math.exp(t)
+        r = float(misfit(lam))
+        history.append((lam, r))
+        return math.log(max(r, 1e-300)) - math.log(target)
+
+    t0 = math.log(lam0)
+    g0 = g_at(t0)
+    a = b = None  # bracket ends (t, g) with g(a) < 0 < g(b)
+    t, g = t0, g0
+    step = math.log(factor)
+    while abs(g) > tol and len(history) < max_solves:
+        if g < 0:
+            a = (t, g)
+        else:
+            b = (t, g)
+        if a is not None and b is not None:
+            break
+        # misfit too small (g < 0) → move λ in the direction that increases it
+        t_new = min(max(t + sgn * step * (1.0 if g < 0 else -1.0), t_lo), t_hi)
+        if abs(t_new - t) < 1e-12:  # at a bound
+            break
+        t, g = t_new, g_at(t_new)
+        step *= 1.5  # widen the steps while no bracket is found
+    if abs(g) > tol and a is not None and b is not None:
+        side = 0
+        while len(history) < max_solves:
+            ga, gb = a[1], b[1]
+            t = (a[0] * gb - b[0] * ga) / (gb - ga)
+            g = g_at(t)
+            if abs(g) <= tol:
+                break
+            if g < 0:
+                a = (t, g)
+                if side == -1:
+                    b = (b[0], b[1] / 2)
+                side = -1
+            else:
+                b = (t, g)
+                if side == 1:
+                    a = (a[0], a[1] / 2)
+                side = 1
+    best = min(history, key=lambda h: abs(math.log(max(h[1], 1e-300)) - math.log(target)))
+    return best[0], history

@@ -65,13 +65,15 @@ def lsmr(
     atol: float = 1e-6,
     btol: float = 1e-6,
     max_iter: int = 100,
+    stop_residual: float | None = None,
 ) -> LSMRResult:
     """Least-squares solution of A x ≈ b with LSMR (Fong & Saunders 2011), starting from x = 0.
 
     Stops after ``max_iter`` iterations or when either test of the paper holds:
     ‖r‖ ≤ btol·‖b‖ + atol·‖A‖·‖x‖ (compatible system) or ‖Aᵀr‖ ≤ atol·‖A‖·‖r‖ (least-squares optimum),
     with ‖A‖ the Frobenius-norm estimate of the bidiagonalisation. ``atol = btol = 0`` runs exactly
-    ``max_iter`` iterations (fixed-iteration regularisation).
+    ``max_iter`` iterations (fixed-iteration regularisation). ``stop_residual``: also stop as soon as the
+    estimate of ‖b − A x‖ falls to this value (the discrepancy principle as a stopping rule; counts as converged).
     """
     if max_iter < 0:
         raise ValueError(f"max_iter: expected a non-negative integer, got {max_iter}")
@@ -161,6 +163,9 @@ def lsmr(
         norm_ar = abs(zeta_bar)
         residual = normr / normb
         normal_residual = norm_ar / (norm_a * normr) if normr > 0 else 0.0
+        if stop_residual is not None and normr <= stop_residual:
+            converged = True
+            break
         if atol > 0 or btol > 0:
             normx = _norm(x)
             if residual <= btol + atol * norm_a * normx / normb or normal_residual <= atol:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._utils import check_positive, numpy_io
 from ..fourier import sphere_kernel
+from . import _auto
 from ._common import SolverInfo, prepare
 from ._lsmr import PingPong, lsmr
 from .direct import RealFFT
@@ -18,6 +19,11 @@ from .tv import check_iterations, diff_adjoint_into, diff_into, grad_adjoint_int
 __all__ = ["ilsqr"]
 
 _DIMS = (-3, -2, -1)
+
+#: ``max_iter="discrepancy"``: most LSQR iterations of step 1 (the discrepancy principle usually stops it earlier)
+#: and the fixed count of the streaking fit (the default ``max_iter``).
+DISCREPANCY_MAX_ITER = 100
+STREAKING_MAX_ITER = 10
 
 
 def _quantiles(x: Tensor, qs: Sequence[float]) -> list[float]:
@@ -42,7 +48,8 @@ def ilsqr(
     b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
     *,
     tol: float = 1e-2,
-    max_iter: int = 10,
+    max_iter: int | str = 10,
+    noise_std: Tensor | float | None = None,
     ic_threshold: float = 0.1,
     tkd_threshold: float = 0.125,
     smv_radius: float = 3.0,
@@ -82,9 +89,17 @@ def ilsqr(
     (both in ``params``), ``residual`` the relative residual ‖r‖/‖b‖ estimate of the artefact fit,
     ``fft_pairs`` counts real FFT pairs (one per operator application, three for step 2). ``pad_factor=1`` (FFT-friendly sizes
     only) keeps large volumes fast.
+
+    ``max_iter="discrepancy"``: the discrepancy principle as the stopping rule of the LSQR step (Morozov, Soviet
+    Math Dokl 1966; Hansen, Rank-deficient and discrete ill-posed problems, SIAM 1998, §7.2): stop as soon as the
+    weighted residual ‖√w(D∗(mχ) − f)‖ falls to √(Σ w σ²), σ the noise map ``noise_std`` (ppm; or one number) or
+    else estimated from the field (at most 100 iterations, or the tolerance; the streaking fit keeps 10).
+    ``params`` then hold the LSQR iterations used as ``max_iter``, ``max_iter_rule`` ("discrepancy"),
+    ``noise_sigma``, ``noise_source``, ``discrepancy_target`` and ``discrepancy_misfit``.
     """
     tol_ = check_positive(tol, "tol")
-    n_iter = check_iterations(max_iter)
+    rule = _auto.DISCREPANCY if _auto.is_discrepancy(max_iter) else _auto.FIXED
+    n_iter = DISCREPANCY_MAX_ITER if rule == _auto.DISCREPANCY else check_iterations(max_iter)
     ic = check_positive(ic_threshold, "ic_threshold")
     t0 = check_positive(tkd_threshold, "tkd_threshold")
     r_smv = check_positive(smv_radius, "smv_radius")
@@ -112,7 +127,22 @@ def ilsqr(
     def A1T(r: Tensor) -> Tensor:
         return fft.filter(torch.mul(r, sw, out=tmp), D, out1t()).mul_(m)
 
-    s1 = lsmr(A1, A1T, f * sw, atol=tol_, btol=tol_, max_iter=n_iter)
+    extra: dict = {}
+    stop = None
+    if rule == _auto.DISCREPANCY:
+        # Morozov on the weighted data term: ‖√w(D∗(mχ) − f)‖ = √(Σ w σ²), σ from noise_std or estimated
+        sigma, source = _auto.noise_level(p.unpad(f), p.unpad(mb), noise_std)
+        if isinstance(noise_std, Tensor):
+            sd = p.pad(noise_std.to(device=f.device, dtype=f.dtype))
+            stop = float(torch.sqrt((sw * sw * sd * sd).sum()))
+        else:
+            stop = sigma * float(torch.linalg.vector_norm(sw))
+        if not stop > 0:
+            raise ValueError("max_iter='discrepancy': the field has no measurable noise (σ = 0); pass a number")
+        extra = {"noise_sigma": sigma, "noise_source": source, "discrepancy_target": stop}
+    s1 = lsmr(A1, A1T, f * sw, atol=tol_, btol=tol_, max_iter=n_iter, stop_residual=stop)
+    if rule == _auto.DISCREPANCY:
+        extra["discrepancy_misfit"] = s1.residual * float(torch.linalg.vector_norm(f * sw))
     x_lsqr = s1.x.mul_(m)
     fft_pairs = float(s1.matvecs)
 
@@ -156,7 +186,7 @@ def ilsqr(
         return fft.filter(tmp, Mic, out3t())
 
     b3 = grad_into(x_lsqr, torch.empty_like(WG), vs).mul_(WG)
-    s3 = lsmr(A3, A3T, b3, atol=tol_, btol=tol_, max_iter=n_iter)
+    s3 = lsmr(A3, A3T, b3, atol=tol_, btol=tol_, max_iter=STREAKING_MAX_ITER if rule == _auto.DISCREPANCY else n_iter)
     fft_pairs += s3.matvecs
 
     chi = p.unpad(x_lsqr.sub_(s3.x).mul_(m)).contiguous()
@@ -169,8 +199,10 @@ def ilsqr(
         converged=s1.converged and s3.converged,
         fft_pairs=math.ceil(fft_pairs),
         params={
-            "tol": tol_, "max_iter": n_iter, "ic_threshold": ic, "tkd_threshold": t0, "smv_radius": r_smv,
+            "tol": tol_, "max_iter": s1.iterations if rule == _auto.DISCREPANCY else n_iter, "max_iter_rule": rule,
+            "ic_threshold": ic, "tkd_threshold": t0, "smv_radius": r_smv,
             "pad_factor": pad_factor, "lsqr_iterations": s1.iterations, "streaking_iterations": s3.iterations,
+            **extra,
         },
     )
     return chi, info

@@ -17,6 +17,7 @@ from torch import Tensor
 from .._utils import as_real, check_finite, check_positive, check_same_shape, numpy_io
 from ..fourier import backward_difference_into, forward_difference_into, gradient, pad, smv_kernel
 from ..phase import GAMMA_BAR
+from . import _auto
 from ._common import SolverInfo, prepare
 from .direct import half_spectrum
 
@@ -28,6 +29,9 @@ PHASE_SCALE_DEFAULT: float = 2 * math.pi * GAMMA_BAR * 3.0 * 5e-3 * 1e-6
 
 #: IRLS smoothing of |∇χ| of the MEDI toolbox, 1e-6 (rad/mm)², expressed in phase units (see medi()).
 _TV_EPS_RAD2 = 1e-6
+
+#: First λ of the discrepancy search (``lambda_="discrepancy"``): the fixed default.
+DISCREPANCY_START = 3000.0
 
 
 def _rconv(x: Tensor, kernel_half: Tensor, shape: Sequence[int]) -> Tensor:
@@ -111,7 +115,7 @@ def medi(
     *,
     magnitude: Tensor | None = None,
     noise_std: Tensor | None = None,
-    lambda_: float = 3000.0,
+    lambda_: float | str = 3000.0,
     phase_scale: float = PHASE_SCALE_DEFAULT,
     edge_percentage: float = 0.9,
     max_iter: int = 30,
@@ -165,13 +169,25 @@ def medi(
     the result is then zero outside that eroded mask. χ lives on the whole (padded) grid and the result
     is masked, as in the toolbox.
 
+    ``lambda_="discrepancy"``: Morozov's discrepancy principle (Morozov, Soviet Math Dokl 1966) — λ such that the
+    weighted misfit ‖W(e^{iδD∗χ} − e^{iδf})‖/δ of the solution equals √(Σ_mask W²σ²), σ the per-voxel noise map
+    ``noise_std`` (the echo fit's, which then also weights the data) or, without it, one σ estimated from the
+    field (:func:`qsmbids.qsm.inversion._auto.estimate_noise`). Bracketed secant search in log λ from 3000, each
+    solve warm-started from the previous one (≤ 6 solves, misfit within 5 % of the target); ``params`` then hold
+    the chosen ``lambda_``, ``lambda_rule`` ("discrepancy"), ``noise_sigma`` (ppm), ``noise_source``
+    ("noise_std"/"estimated"), ``discrepancy_target``, ``discrepancy_misfit`` and ``discrepancy_solves``.
+    Background-removal errors count as misfit, so on real data the rule can under-fit (see the README).
+
     ``magnitude`` is required. ``return_info=True`` also returns :class:`SolverInfo` with the
     Gauss–Newton iteration count, the last relative update ‖dχ‖/‖χ‖ as ``residual``, and
     ``fft_pairs`` (rfft/irfft pairs of the working grid).
     """
     if magnitude is None:
         raise ValueError("magnitude: MEDI needs the magnitude image for its edge mask (pass magnitude=...)")
-    lam = check_positive(lambda_, "lambda_")
+    if _auto.is_discrepancy(lambda_):
+        rule, lam = _auto.DISCREPANCY, DISCREPANCY_START
+    else:
+        rule, lam = _auto.FIXED, check_positive(lambda_, "lambda_")
     delta = check_positive(phase_scale, "phase_scale")
     max_iter = int(max_iter)
     cg_max_iter = int(cg_max_iter)
@@ -225,44 +241,78 @@ def medi(
     MG = edge_mask(prob.magnitude, mf, vs, edge_percentage)
     s1, s2 = torch.empty_like(f), torch.empty_like(f)
     eps = _TV_EPS_RAD2 / delta**2
-    chi = torch.zeros(shape, dtype=dtype, device=device)
-    Dchi = torch.zeros_like(chi)
-    rel = float("inf")
-    converged = False
-    it = 0
-    for it in range(1, max_iter + 1):
-        g = MG * gradient(chi, vs)
-        V = MG / torch.sqrt(g * g + eps)  # M_G·V·M_G (M_G is 0/1)
-        res = Dchi - f
-        rhs = (lam / delta) * _rconv(W2 * torch.sin(delta * res), D, shape)
-        rhs += _weighted_laplacian(chi, V, vs, s1, s2)
-        pairs += 1
 
-        def apply_a(v: Tensor, W2: Tensor = W2, V: Tensor = V) -> tuple[Tensor, Tensor]:
-            dv = _rconv(v, D, shape)
-            av = _rconv(W2 * dv, D, shape).mul_(lam)
-            av += _weighted_laplacian(v, V, vs, s1, s2)
-            return av, dv
+    def solve(lam: float, chi: Tensor, Dchi: Tensor) -> tuple[Tensor, Tensor, int, float, bool, int]:
+        """Gauss–Newton from (χ, D∗χ) for one λ: (χ, D∗χ, iterations, last ‖dχ‖/‖χ‖, converged, FFT pairs)."""
+        W2k = W2
+        rel, converged, it, npairs = float("inf"), False, 0, 0
+        for it in range(1, max_iter + 1):
+            g = MG * gradient(chi, vs)
+            V = MG / torch.sqrt(g * g + eps)  # M_G·V·M_G (M_G is 0/1)
+            res = Dchi - f
+            rhs = (lam / delta) * _rconv(W2k * torch.sin(delta * res), D, shape)
+            rhs += _weighted_laplacian(chi, V, vs, s1, s2)
+            npairs += 1
 
-        dchi, d_dchi, n_cg = _cg(apply_a, -rhs, cg_tol, cg_max_iter)
-        pairs += 2 * n_cg
-        norm_prev = float(torch.linalg.vector_norm(chi))
-        rel = float(torch.linalg.vector_norm(dchi)) / norm_prev if norm_prev > 0 else float("inf")
-        chi = chi + dchi
-        Dchi = Dchi + d_dchi
-        if merit:
-            wres = torch.sqrt(W2) * (torch.polar(torch.ones_like(Dchi), delta * Dchi)
-                                     - torch.polar(torch.ones_like(f), delta * f))
-            inside = m
-            wres = wres - wres[inside].mean()
-            a = wres.abs()
-            factor = 6 * a[inside].std()
-            if float(factor) > 0:
-                ratio = torch.clamp(a / factor, min=1.0)
-                W2 = torch.where(inside, W2 / ratio**4, W2)
-        if rel < tol:
-            converged = True
-            break
+            def apply_a(v: Tensor, W2k: Tensor = W2k, V: Tensor = V) -> tuple[Tensor, Tensor]:
+                dv = _rconv(v, D, shape)
+                av = _rconv(W2k * dv, D, shape).mul_(lam)
+                av += _weighted_laplacian(v, V, vs, s1, s2)
+                return av, dv
+
+            dchi, d_dchi, n_cg = _cg(apply_a, -rhs, cg_tol, cg_max_iter)
+            npairs += 2 * n_cg
+            norm_prev = float(torch.linalg.vector_norm(chi))
+            rel = float(torch.linalg.vector_norm(dchi)) / norm_prev if norm_prev > 0 else float("inf")
+            chi = chi + dchi
+            Dchi = Dchi + d_dchi
+            if merit:
+                wres = torch.sqrt(W2k) * (torch.polar(torch.ones_like(Dchi), delta * Dchi)
+                                          - torch.polar(torch.ones_like(f), delta * f))
+                wres = wres - wres[m].mean()
+                a = wres.abs()
+                factor = 6 * a[m].std()
+                if float(factor) > 0:
+                    ratio = torch.clamp(a / factor, min=1.0)
+                    W2k = torch.where(m, W2k / ratio**4, W2k)
+            if rel < tol:
+                converged = True
+                break
+        return chi, Dchi, it, rel, converged, npairs
+
+    zero = torch.zeros(shape, dtype=dtype, device=device)
+    extra: dict[str, Any] = {}
+    if rule == _auto.DISCREPANCY:
+        # Morozov: ‖W(e^{iδD∗χ} − e^{iδf})‖/δ = √(Σ_mask W²σ²), the noise σ from noise_std or estimated
+        sigma, source = _auto.noise_level(prob.unpad(prob.field), prob.unpad(prob.mask), noise_std)
+        var = sigma2 if sigma2 is not None else torch.full_like(f, sigma * sigma)
+        target = math.sqrt(float((W2 * var).sum()))
+        if not target > 0:
+            raise ValueError("lambda_='discrepancy': the field has no measurable noise (σ = 0); pass a number")
+        state: dict[str, Any] = {"chi": zero, "Dchi": zero, "best": None, "pairs": 0, "gap": math.inf, "its": 0}
+
+        def misfit(lam: float) -> float:
+            out = solve(lam, state["chi"], state["Dchi"])  # warm start from the previous λ's solution
+            state["chi"], state["Dchi"] = out[0], out[1]
+            state["pairs"] += out[5] + 1
+            state["its"] += out[2]
+            r = torch.polar(torch.ones_like(f), delta * out[1]) - torch.polar(torch.ones_like(f), delta * f)
+            rho = float(torch.sqrt((W2 * (r.real * r.real + r.imag * r.imag)).sum())) / delta
+            gap = abs(math.log(max(rho, 1e-300) / target))
+            if gap < state["gap"]:
+                state["best"], state["gap"] = (lam, out), gap
+            return rho
+
+        lam, history = _auto.discrepancy_search(misfit, target, DISCREPANCY_START, increasing=False)
+        chi, Dchi, it, rel, converged, n = state["best"][1]
+        pairs += state["pairs"] - n
+        it = state["its"]  # Gauss–Newton iterations of all the search's solves
+        rho = dict(history)[lam]
+        extra = {"noise_sigma": sigma, "noise_source": source, "discrepancy_target": target,
+                 "discrepancy_misfit": rho, "discrepancy_solves": len(history)}
+    else:
+        chi, Dchi, it, rel, converged, n = solve(lam, zero, zero)
+    pairs += n
 
     chi = prob.unpad(chi * mf)
     if not return_info:
@@ -274,9 +324,9 @@ def medi(
         converged=converged,
         fft_pairs=pairs,
         params={
-            "lambda_": lam, "phase_scale": delta, "edge_percentage": edge_percentage, "max_iter": max_iter,
+            "lambda_": lam, "lambda_rule": rule, "phase_scale": delta, "edge_percentage": edge_percentage, "max_iter": max_iter,
             "cg_max_iter": cg_max_iter, "cg_tol": cg_tol, "tol": tol, "merit": merit, "smv_radius": smv_radius,
-            "pad_factor": pad_factor, "weighted": noise_std is not None,
+            "pad_factor": pad_factor, "weighted": noise_std is not None, **extra,
         },
     )
     return chi, info
