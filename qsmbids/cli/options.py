@@ -43,7 +43,11 @@ class Range:
         if v in self.choices:
             return None
         if isinstance(v, str) or (self.lo is None and self.hi is None):
-            return f"expected one of {', '.join(map(str, self.choices))}" if self.choices else None
+            if not self.choices:
+                return None
+            words = ", ".join(map(str, self.choices))
+            numeric = self.lo is not None or self.hi is not None
+            return f"expected a number or {words}" if numeric else f"expected one of {words}"
         below = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
         above = self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi)
         if below or above:

@@ -49,7 +49,7 @@ def test_good_values_pass(text, methods):
 
 
 @pytest.mark.parametrize("text, methods, message", [
-    ("medi.lambda_=abc", {}, "--param medi.lambda_: expected one of discrepancy, got 'abc'"),
+    ("medi.lambda_=abc", {}, "--param medi.lambda_: expected a number or discrepancy, got 'abc'"),
     ("medi.max_iter=-5", {}, "--param medi.max_iter: expected a value >= 1, got -5"),
     ("medi.max_iter=2.5", {}, "--param medi.max_iter: expected a whole number, got 2.5"),
     ("medi.merit=1", {}, "--param medi.merit: expected true or false, got 1"),
@@ -57,8 +57,8 @@ def test_good_values_pass(text, methods):
     ("vsharp.radii=12,0", {"bgremove": "vsharp"}, "--param vsharp.radii: expected a value > 0, got 12,0"),
     ("bgremove.threshold=1", {"bgremove": "vsharp"}, "--param bgremove.threshold: expected a value in (0, 1), got 1"),
     ("tkd.threshold=0.7", {"inversion": "tkd"}, "expected a value in (0, 0.667), got 0.7"),
-    ("tkd.threshold=best", {"inversion": "tkd"}, "expected one of auto, l-curve, got 'best'"),
-    ("tv.lambda_=l-curve", {"inversion": "tv"}, "--param tv.lambda_: expected one of discrepancy, got 'l-curve'"),
+    ("tkd.threshold=best", {"inversion": "tkd"}, "expected a number or auto, l-curve, got 'best'"),
+    ("tv.lambda_=l-curve", {"inversion": "tv"}, "--param tv.lambda_: expected a number or discrepancy, got 'l-curve'"),
     ("ilsqr.max_iter=0", {"inversion": "ilsqr"}, "--param ilsqr.max_iter: expected a value >= 1, got 0"),
     ("tv.noise_std=-1", {"inversion": "tv"}, "--param tv.noise_std: expected a value > 0, got -1"),
     ("tgv.alpha=0.002", {"inversion": "tgv"}, "--param tgv.alpha: expected 2 values, got 0.002"),

@@ -433,7 +433,7 @@ CASES = {
     "output-inside-work": Case(64, "output folder lies inside the work folder",
                                where=lambda p: p._replace(out=p.work / "out"), names=lambda p: p.out),
     # --param values against the functions' types and ranges, before anything runs (#14)
-    "param-not-a-number": Case(64, "expected a number, got 'abc'", extra=("--param", "medi.lambda_=abc",
+    "param-not-a-number": Case(64, "expected a number or discrepancy, got 'abc'", extra=("--param", "medi.lambda_=abc",
                                                                           *NO_VALIDATION),
                                names=lambda p: "--param medi.lambda_"),
     "param-out-of-range": Case(64, "expected a value >= 1, got -5", extra=("--param", "medi.max_iter=-5",
