@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunData", "load_bids_run", "run_pipeline", "score_run", "background_grid", "chi_scores"]
+__all__ = ["RunData", "load_bids_run", "run_pipeline", "invert_total", "score_run", "background_grid", "chi_scores"]
 
 #: Deep grey labels of :mod:`qsmbids.sim.phantom` (caudate … dentate, left and right).
 DGM_LABELS: tuple[int, ...] = tuple(range(4, 18))
@@ -169,6 +169,24 @@ def invert_local(local: np.ndarray, mask: np.ndarray, data: RunData, method: str
         mag = data.magnitude[(slice(None), *box)]
         p["magnitude"] = np.sqrt((mag.astype(np.float64) ** 2).sum(0)).astype(np.float32)
     chi = _np(invert(local[box], mask[box], data.voxel_size, data.b0_dir, method=method, **p))
+    chi = _paste(chi.astype(np.float32), box, mask.shape) * mask
+    chi[mask] -= chi[mask].mean()
+    return chi
+
+
+def invert_total(field_ppm: np.ndarray, mask: np.ndarray, data: RunData, *, noise_ppm: np.ndarray | None = None,
+                 **params: Any) -> np.ndarray:
+    """Total field inversion (:func:`qsmbids.qsm.inversion.tfi.tfi`) in place of BackgroundRemoval + DipoleInversion,
+    on the mask's box with the RSS magnitude, then the mean reference: χ (ppm, mean 0 in the mask)."""
+    from ..qsm.inversion.tfi import tfi
+
+    box = _box(mask, data.voxel_size)
+    mag = data.magnitude[(slice(None), *box)]
+    p = dict(params)
+    if noise_ppm is not None:
+        p["noise_std"] = noise_ppm[box]
+    chi = _np(tfi(field_ppm[box], mask[box], data.voxel_size, data.b0_dir,
+                  magnitude=np.sqrt((mag.astype(np.float64) ** 2).sum(0)).astype(np.float32), **p))
     chi = _paste(chi.astype(np.float32), box, mask.shape) * mask
     chi[mask] -= chi[mask].mean()
     return chi
