@@ -378,6 +378,23 @@ class _InvInputSpec(_StageInputSpec):
 DISCREPANCY_KEYS = ("lambda_", "max_iter")
 
 
+def wants_discrepancy(method: str, params: dict | None) -> bool:
+    """Whether the classical ``method`` with ``params`` chooses its regularisation by the discrepancy principle:
+    a ``discrepancy`` value given in ``params`` or, where not given, the function's default (MEDI's λ)."""
+    import inspect
+
+    from ..qsm.inversion import METHODS, get_method
+
+    if method not in METHODS:
+        return False
+    sig = inspect.signature(get_method(method)).parameters
+    for k in DISCREPANCY_KEYS:
+        v = (params or {}).get(k, sig[k].default if k in sig else None)
+        if isinstance(v, str) and v.strip().lower() == "discrepancy":
+            return True
+    return False
+
+
 class DipoleInversion(_Stage):
     """Susceptibility (ppm, not yet referenced) by :func:`qsmbids.qsm.inversion.invert`."""
 
@@ -397,8 +414,7 @@ class DipoleInversion(_Stage):
                 raise ValueError("MEDI needs the magnitude images")
             mag = load_nifti(self.inputs.magnitude)[0][box]
             params["magnitude"] = self._tensor(np.sqrt((mag.reshape(*mag.shape[:3], -1) ** 2).sum(-1)))
-        if "noise_std" not in params and any(str(params.get(k, "")).lower() == "discrepancy"
-                                             for k in DISCREPANCY_KEYS):
+        if "noise_std" not in params and wants_discrepancy(self.inputs.method, params):
             sd = self._noise_ppm(mask)
             if sd is not None:
                 params["noise_std"] = self._tensor(sd[box])

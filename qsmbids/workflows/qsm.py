@@ -193,8 +193,7 @@ def init_bgremove_wf(*, method: str, params: dict | None = None, omp_nthreads: i
 
 def uses_noise_map(method: str, params: dict | None) -> bool:
     """Whether the inversion takes the echo fit's noise map: a discrepancy-principle parameter asks for it."""
-    return method not in DEEP_TEXT and any(str((params or {}).get(k, "")).lower() == "discrepancy"
-                                           for k in iq.DISCREPANCY_KEYS)
+    return method not in DEEP_TEXT and iq.wants_discrepancy(method, params)
 
 
 def init_invert_wf(*, method: str, params: dict | None = None, has_magnitude: bool = True, omp_nthreads: int = 1,
@@ -218,7 +217,7 @@ def init_invert_wf(*, method: str, params: dict | None = None, has_magnitude: bo
     inputs += ["noise"] if uses_noise_map(method, params) else []
     desc = (f"Susceptibility was computed from the local field by {_text('invert', method)}{_params_text(params)}"
             ", using the dipole kernel for the B0 direction found in the image orientation. ")
-    if any(str(params.get(k, "")).lower() == "discrepancy" for k in iq.DISCREPANCY_KEYS):
+    if iq.wants_discrepancy(method, params):
         desc += ("The regularisation was chosen by the discrepancy principle [@morozov1966]: the data misfit of the "
                  "solution matches the noise of the field, taken from the echo fit (or estimated from the field "
                  "with a single echo). ")

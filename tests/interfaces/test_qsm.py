@@ -196,7 +196,12 @@ def test_sidecar_metadata(chain):
         assert meta["PhaseUnwrapping"]["Method"] == "quality" and meta["EchoCombination"]["Method"] == "snr"
     assert "BackgroundFieldRemoval" not in sc.total_field_meta
     assert sc.local_field_meta["BackgroundFieldRemoval"]["Method"] == "vsharp"
-    assert sc.chimap_meta["DipoleInversion"] == {"Method": "medi", "Parameters": {}}
+    inv = sc.chimap_meta["DipoleInversion"]
+    assert {k: inv[k] for k in ("Method", "Parameters")} == {"Method": "medi", "Parameters": {}}
+    # MEDI's default λ is chosen by the discrepancy principle (σ from the noise map when wired, else estimated)
+    reg = inv["Regularisation"]
+    assert reg["lambda_rule"] == "discrepancy" and reg["noise_source"] in ("noise_std", "estimated") and reg["lambda_"] > 0
+    assert abs(reg["discrepancy_misfit"] / reg["discrepancy_target"] - 1) < 0.5
     ref = read_meta(chain.ref.out_meta)["info"]["reference_ppm"]
     assert sc.chimap_meta["Reference"] == {"Method": "mean", "Parameters": {}, "Value": ref}
     assert sc.mask_meta["Type"] == "Brain" and sc.mask_meta["Method"] == METHODS["mask"]

@@ -155,12 +155,13 @@ def test_medi_merit_suppresses_outliers(case):
 
 def test_medi_uniform_noise_std_equals_unweighted(small):
     ph, f = small
-    a = medi(f, ph.mask, VS, magnitude=ph.magnitude, max_iter=3)
-    b = medi(f, ph.mask, VS, magnitude=ph.magnitude, max_iter=3, noise_std=np.full(f.shape, 0.3, np.float32))
+    a = medi(f, ph.mask, VS, magnitude=ph.magnitude, max_iter=3, lambda_=3000.0)
+    b = medi(f, ph.mask, VS, magnitude=ph.magnitude, max_iter=3, lambda_=3000.0,
+             noise_std=np.full(f.shape, 0.3, np.float32))
     np.testing.assert_allclose(a, b, atol=1e-6)
     # a non-uniform noise map changes the weights and hence the result
     sd = np.where(np.arange(32)[:, None, None] < 16, 0.1, 1.0) * np.ones(f.shape)
-    c = medi(f, ph.mask, VS, magnitude=ph.magnitude, max_iter=3, noise_std=sd)
+    c = medi(f, ph.mask, VS, magnitude=ph.magnitude, max_iter=3, lambda_=3000.0, noise_std=sd)
     assert np.abs(c - a).max() > 1e-3
 
 
@@ -198,15 +199,16 @@ def test_invert_registry_medi_and_torch_io(small):
 
 def test_medi_info_and_stopping_rules(small):
     ph, f = small
-    _, info = medi(f, ph.mask, VS, magnitude=ph.magnitude, max_iter=2, tol=0.0, cg_max_iter=4, return_info=True)
+    _, info = medi(f, ph.mask, VS, magnitude=ph.magnitude, max_iter=2, tol=0.0, cg_max_iter=4, lambda_=3000.0,
+                   return_info=True)
     assert info.method == "medi" and info.iterations == 2 and not info.converged
     assert math.isfinite(info.residual) and info.residual > 0
     # per Gauss-Newton step: one FFT pair for the gradient, two per CG step
     assert 2 * 3 <= info.fft_pairs <= 2 * (1 + 2 * 4)
     # the first relative update is infinite (χ starts at 0), so a huge tol stops at iteration 2
-    _, info = medi(f, ph.mask, VS, magnitude=ph.magnitude, tol=1e6, return_info=True)
+    _, info = medi(f, ph.mask, VS, magnitude=ph.magnitude, tol=1e6, lambda_=3000.0, return_info=True)
     assert info.iterations == 2 and info.converged
-    _, info = medi(f, ph.mask, VS, magnitude=ph.magnitude, tol=0.1, return_info=True)
+    _, info = medi(f, ph.mask, VS, magnitude=ph.magnitude, tol=0.1, lambda_=3000.0, return_info=True)
     assert info.converged == (info.residual < 0.1) and info.iterations <= 30
 
 
