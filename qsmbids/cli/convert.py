@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import json
 import os
 import shlex
@@ -38,7 +37,18 @@ import numpy as np
 
 from .. import __version__
 from ..exit_codes import InputError
-from ..utils.dicom import Run, check_series, pair_series, run_parts, sanitise, scan, select
+from ..files import write_text_atomic
+from ..utils.dicom import (
+    Run,
+    check_series,
+    open_dicom,
+    pair_series,
+    part_from_image_type,
+    run_parts,
+    sanitise,
+    scan,
+    select,
+)
 from .exit_codes import EX_CANTCREAT, EX_DATAERR, EX_NO_MATCH, EX_NOINPUT, EX_SOFTWARE, EX_USAGE
 
 BIDS_VERSION = "1.10.0"
@@ -149,14 +159,8 @@ def _stage_inputs(series_list, dest: Path) -> None:
     dest.mkdir(parents=True)
     for s in series_list:
         for i, im in enumerate(s.images):
-            target = dest / f"s{s.number:05d}_{i:06d}.dcm"
-            with open(im.path, "rb") as fh:
-                gz = fh.read(2) == b"\x1f\x8b"
-            if gz:
-                with gzip.open(im.path, "rb") as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-            else:
-                shutil.copyfile(im.path, target)
+            with open_dicom(im.path) as src, open(dest / f"s{s.number:05d}_{i:06d}.dcm", "wb") as out:
+                shutil.copyfileobj(src, out)
 
 
 def _run_dcm2niix(indir: Path, outdir: Path) -> list[tuple[Path, dict]]:
@@ -176,14 +180,7 @@ def _run_dcm2niix(indir: Path, outdir: Path) -> list[tuple[Path, dict]]:
 
 
 def _part_of(meta: dict) -> str:
-    it = {str(t).upper() for t in meta.get("ImageType", [])}
-    if it & {"P", "PHASE", "PHASE MAP"}:
-        return "phase"
-    if it & {"REAL", "R"}:
-        return "real"
-    if it & {"IMAGINARY", "I"}:
-        return "imag"
-    return "mag"
+    return part_from_image_type(meta.get("ImageType", [])) or "mag"
 
 
 def _phase_to_rad(path: Path, meta: dict, warn):
@@ -278,9 +275,7 @@ def _dataset_files(root: Path, sub: str, argv: list[str], version: str) -> None:
     if f"sub-{sub}" not in {r.split("\t")[0] for r in rows[1:]}:
         ncol = len(rows[0].split("\t"))
         rows.append("\t".join([f"sub-{sub}"] + ["n/a"] * (ncol - 1)))
-    tmp = tsv.with_name(".participants.tsv.tmp")
-    tmp.write_text("\n".join(rows) + "\n")
-    os.replace(tmp, tsv)
+    write_text_atomic(tsv, "\n".join(rows) + "\n")
     readme = root / "README"
     line = (f"{datetime.date.today().isoformat()}: sub-{sub} converted with `qsmbids-convert "
             f"{shlex.join(argv)}` (qsmbids {__version__}, dcm2niix {version}).")
@@ -298,7 +293,7 @@ def convert(args, argv: list[str], warn) -> int:
     if not series:
         raise InputError(EX_NOINPUT, f"{dicom_dir}: no DICOM files found")
     chosen = select(series, args.series)
-    runs = [r for r in pair_series([s for s in chosen if s.kind in ("megre", "t1w")])]
+    runs = pair_series([s for s in chosen if s.kind in ("megre", "t1w")])
     megre = [r for r in runs if r.kind == "megre"]
     listing = "; ".join(f"{s.number} {s.description or s.protocol!s} ({s.kind}, {','.join(s.parts) or '?'})"
                         for s in series[:8]) + (" …" if len(series) > 8 else "")
@@ -345,7 +340,8 @@ def convert(args, argv: list[str], warn) -> int:
         anat = new / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
         anat.mkdir(parents=True)
         for k, r in enumerate(runs):
-            outputs = _run_dcm2niix_for(r, stage / f"r{k}")
+            _stage_inputs(r.series, stage / f"r{k}" / "in")
+            outputs = _run_dcm2niix(stage / f"r{k}" / "in", stage / f"r{k}" / "out")
             stem = _stem(sub, ses, r.run)
             if r.kind == "megre":
                 _convert_megre(r, outputs, anat, stem, warn)
@@ -371,11 +367,6 @@ def convert(args, argv: list[str], warn) -> int:
     print(f"qsmbids-convert: wrote {target} ({len(megre_ok)} MEGRE run(s), "
           f"{sum(r.kind == 't1w' for r in runs)} T1w)")
     return 0
-
-
-def _run_dcm2niix_for(r: Run, work: Path) -> list[tuple[Path, dict]]:
-    _stage_inputs(r.series, work / "in")
-    return _run_dcm2niix(work / "in", work / "out")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,7 +98,8 @@ class Series:
         return "other"
 
 
-def _open(path: Path):
+def open_dicom(path: Path):
+    """The file opened for reading in binary, through gzip when it is gzipped (looked up by its magic bytes)."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
@@ -111,14 +112,23 @@ def _float(v) -> float | None:
         return None
 
 
-def _part_from(image_type: tuple[str, ...], ds) -> str:
-    it = {t.upper() for t in image_type}
+def part_from_image_type(image_type) -> str | None:
+    """``phase``, ``real`` or ``imag`` when ``ImageType`` (DICOM's, or the list in dcm2niix's sidecar) says so, else
+    None (a magnitude, or a vendor that says it elsewhere)."""
+    it = {str(t).upper() for t in image_type}
     if it & {"P", "PHASE", "P_FFE", "PHASE MAP"}:
         return "phase"
     if it & {"R", "REAL", "R_FFE"}:
         return "real"
     if it & {"I", "IMAGINARY", "I_FFE"}:
         return "imag"
+    return None
+
+
+def _part_from(image_type: tuple[str, ...], ds) -> str:
+    part = part_from_image_type(image_type)
+    if part is not None:
+        return part
     ge = ds.get((0x0043, 0x102F))
     if ge is not None:
         try:
@@ -189,7 +199,7 @@ def read_image(path: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        with _open(path) as fh, warnings.catch_warnings():
+        with open_dicom(path) as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(fh)
     except InvalidDicomError:
